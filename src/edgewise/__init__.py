@@ -1,0 +1,3 @@
+"""edgewise: quantize, finetune and export language models for on-device inference with ONNX Runtime."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""Per-architecture facts, keyed by Hugging Face `model_type`. Passes read this table; nothing else branches on it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgewise.errors import EdgewiseError
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """Linears of a decoder layer that read the same input; AWQ scales them together.
+
+    `prev` is the module whose output feeds them (a norm or a linear) so the inverse scale can be folded into it;
+    `prev_rows` selects the slice of a packed linear's output rows that feeds them ("second_half" for gate_up).
+    """
+
+    linears: tuple[str, ...]
+    prev: str | None = None
+    prev_rows: str | None = None
+
+
+@dataclass(frozen=True)
+class Arch:
+    model_type: str
+    groups: tuple[InputGroup, ...]
+    lora_targets: tuple[str, ...]
+    packed: tuple[tuple[str, tuple[str, ...]], ...] = ()  # HF packed linear -> canonical projections it holds
+    norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
+    no_clip: tuple[str, ...] = ("q_proj", "k_proj", "qkv_proj")  # AWQ skips clipping where softmax follows
+
+    def linears(self) -> tuple[str, ...]:
+        return tuple(name for group in self.groups for name in group.linears)
+
+
+_LLAMA_GROUPS = (
+    InputGroup(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), prev="input_layernorm"),
+    InputGroup(("self_attn.o_proj",)),
+    InputGroup(("mlp.gate_proj", "mlp.up_proj"), prev="post_attention_layernorm"),
+    InputGroup(("mlp.down_proj",), prev="mlp.up_proj"),
+)
+_PHI3_GROUPS = (
+    InputGroup(("self_attn.qkv_proj",), prev="input_layernorm"),
+    InputGroup(("self_attn.o_proj",)),
+    InputGroup(("mlp.gate_up_proj",), prev="post_attention_layernorm"),
+    InputGroup(("mlp.down_proj",), prev="mlp.gate_up_proj", prev_rows="second_half"),
+)
+_QV = ("q_proj", "v_proj")
+
+ARCHS: dict[str, Arch] = {
+    "llama": Arch("llama", _LLAMA_GROUPS, _QV),
+    "mistral": Arch("mistral", _LLAMA_GROUPS, _QV),
+    "qwen2": Arch("qwen2", _LLAMA_GROUPS, _QV),
+    "qwen3": Arch("qwen3", _LLAMA_GROUPS, _QV),
+    "gemma": Arch("gemma", _LLAMA_GROUPS, _QV, norm_offset=1.0),
+    "phi3": Arch(
+        "phi3",
+        _PHI3_GROUPS,
+        ("qkv_proj", "o_proj"),
+        packed=(("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))),
+    ),
+}
+
+
+def arch_for(config) -> Arch:
+    """The table entry for a transformers config, or one clear error naming what is supported."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHS:
+        supported = ", ".join(sorted(ARCHS))
+        raise EdgewiseError(f"unsupported architecture '{model_type}': edgewise supports {supported}")
+    return ARCHS[model_type]
