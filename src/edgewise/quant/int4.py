@@ -109,6 +109,7 @@ def _unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def pack_gptq(qt: QTensor, bits: int) -> dict[str, torch.Tensor]:
+    qt = QTensor(qt.q.cpu(), qt.scale.cpu(), qt.zero.cpu(), qt.group_size)
     out, inp = qt.q.shape
     if out % (32 // bits):
         raise EdgewiseError(f"a linear layer with {out} outputs cannot be packed at {bits} bits")

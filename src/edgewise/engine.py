@@ -1,0 +1,135 @@
+"""One engine under every command: a command is a list of (pass name, config) steps. Each step's output is cached
+under a hash of (input identity, pass, config, data-file fingerprints, library versions), written atomically, so a
+repeated command takes seconds and an interrupted chain resumes where it stopped."""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgewise import __version__
+from edgewise.fsutil import MANIFEST, atomic_dir, check_output_path, fingerprint, link_tree, stable_hash
+from edgewise.log import log
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    config_cls: type
+    fn: Callable[..., dict | None]  # fn(artifact, config, out_dir, work_dir) -> metrics
+
+
+PASSES: dict[str, Pass] = {}
+
+
+def register(name: str, config_cls: type):
+    """Decorator: make `fn(artifact, config, out_dir, work_dir)` the pass called `name`."""
+
+    def wrap(fn):
+        PASSES[name] = Pass(name, config_cls, fn)
+        return fn
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    id: str
+    manifest: dict
+
+
+def cache_root(explicit: str | Path | None = None) -> Path:
+    root = explicit or os.environ.get("EDGEWISE_CACHE") or Path.home() / ".cache" / "edgewise"
+    return Path(root).expanduser()
+
+
+def folder_artifact(folder: Path) -> Artifact:
+    """An input folder: identified by its edgewise manifest when it has one, else by names, sizes and times."""
+    manifest_path = Path(folder) / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        return Artifact(Path(folder), manifest["id"], manifest)
+    return Artifact(Path(folder), fingerprint(folder), {})
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"edgewise": __version__}
+    for name in ("torch", "transformers", "peft", "onnx", "onnxruntime", "onnxruntime-genai"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def config_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def cache_key(artifact: Artifact, name: str, config) -> str:
+    files = {f.name: fingerprint(Path(getattr(config, f.name)))
+             for f in dataclasses.fields(config)
+             if f.metadata.get("path") and getattr(config, f.name) and Path(getattr(config, f.name)).exists()}
+    payload = {"input": artifact.id, "pass": name, "config": config_dict(config), "files": files, "versions": versions()}
+    return stable_hash(payload)
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_pass(name: str, artifact: Artifact, config, cache: Path) -> Artifact:
+    key = cache_key(artifact, name, config)
+    entry = cache / "runs" / f"{name}-{key[:20]}"
+    with _locked(cache / "locks" / f"{key[:20]}.lock"):
+        if (entry / MANIFEST).is_file():
+            log.info("%s: cached (%s)", name, entry)
+            os.utime(entry)
+            return folder_artifact(entry)
+        log.info("%s: running", name)
+        start = time.time()
+        work = cache / "work" / key[:20]
+        work.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(entry) as tmp:
+            metrics = PASSES[name].fn(artifact, config, tmp, work) or {}
+            manifest = {
+                "id": key, "pass": name, "config": config_dict(config), "parent": artifact.id,
+                "parent_path": str(artifact.path), "parent_manifest": artifact.manifest.get("pass"),
+                "versions": versions(), "metrics": metrics, "seconds": round(time.time() - start, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        log.info("%s: done in %.1f s", name, time.time() - start)
+        return folder_artifact(entry)
+
+
+def run_steps(artifact: Artifact, steps: list[tuple[str, Any]], cache: Path) -> Artifact:
+    for name, config in steps:
+        artifact = run_pass(name, artifact, config, cache)
+    return artifact
+
+
+def publish(artifact: Artifact, output: Path) -> Path:
+    """Expose a cache entry at the user's output path as hard links (no second copy on disk)."""
+    output = Path(output)
+    check_output_path(output)
+    with atomic_dir(output) as tmp:
+        link_tree(artifact.path, tmp)
+    log.info("wrote %s", output)
+    return output

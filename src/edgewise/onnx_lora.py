@@ -1,0 +1,195 @@
+"""LoRA as runtime-switchable inputs of an ONNX Runtime GenAI model, and PEFT adapters as `.onnx_adapter` files.
+
+For every projection node the builder emitted (fused ones such as qkv_proj included) that covers a LoRA target, the
+graph gets   y = base(x) + (x @ A) @ B   with A [in, rank] and B [rank, out] as graph inputs whose defaults are empty
+(rank 0): without an adapter the model is the base; the rank is symbolic, so adapters of any rank load. A PEFT
+adapter becomes A = concat(A_i^T) and B = block rows of (alpha/r) B_i^T placed at each projection's output offset, so
+separate q/k/v adapters and packed qkv adapters (Phi-3) both map onto the same inputs. `lora_layout.json` beside the
+model records which projections each input covers."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgewise.errors import EdgewiseError
+
+LAYOUT = "lora_layout.json"
+ADAPTER_FILE = "adapter_weights.onnx_adapter"
+_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+_proj)/(MatMul|MatMulNBits)$")
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def projection_sizes(config) -> dict[str, int]:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return {"q_proj": config.num_attention_heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim,
+            "o_proj": config.hidden_size, "gate_proj": config.intermediate_size,
+            "up_proj": config.intermediate_size, "down_proj": config.hidden_size}
+
+
+def _weight_shape(node, inits) -> tuple[int, int]:
+    if node.op_type == "MatMulNBits":
+        attrs = {a.name: a.i for a in node.attribute}
+        return attrs["K"], attrs["N"]
+    return tuple(inits[node.input[1]].dims)
+
+
+def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
+    """Add LoRA inputs for the canonical projections in `targets`; returns the layout to save beside the model."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    sizes = projection_sizes(config)
+    layout, new_nodes = {}, []
+    for node in list(graph.node):
+        match = _NODE.match(node.name)
+        if not match:
+            continue
+        layer, block, proj = int(match[1]), match[2], match[3]
+        covered = FUSED.get(proj, (proj,))
+        if not targets.intersection(covered):
+            continue
+        k, n = _weight_shape(node, inits)
+        offsets, start = {}, 0
+        for name in covered:
+            offsets[name] = [start, sizes[name]]
+            start += sizes[name]
+        if start != n:
+            raise EdgewiseError(f"{node.name}: {n} outputs, but the config gives {start} for {covered}")
+        prefix = f"model.layers.{layer}.{block}.{proj}"
+        new_nodes.append((node, _lora_nodes(graph, node, prefix, k, n)))
+        layout[prefix] = {"layer": layer, "in": k, "out": n, "covers": offsets}
+    if not layout:
+        raise EdgewiseError(f"the exported graph has no projection for LoRA targets {sorted(targets)}")
+    _insert_after(graph, new_nodes)
+    return layout
+
+
+def _lora_nodes(graph, node, prefix: str, k: int, n: int) -> list:
+    a, b = f"{prefix}.lora_A", f"{prefix}.lora_B"
+    rank = f"{prefix}.lora_rank"
+    graph.input.extend([helper.make_tensor_value_info(a, TensorProto.FLOAT, [k, rank]),
+                        helper.make_tensor_value_info(b, TensorProto.FLOAT, [rank, n])])
+    graph.initializer.extend([numpy_helper.from_array(np.zeros((k, 0), np.float32), a),
+                              numpy_helper.from_array(np.zeros((0, n), np.float32), b)])
+    out = node.output[0]
+    base = f"{out}/base"
+    node.output[0] = base
+    low, delta = f"{prefix}/lora/xA", f"{prefix}/lora/xAB"
+    return [helper.make_node("MatMul", [node.input[0], a], [low], name=f"{prefix}/lora/MatMul_A"),
+            helper.make_node("MatMul", [low, b], [delta], name=f"{prefix}/lora/MatMul_B"),
+            helper.make_node("Add", [base, delta], [out], name=f"{prefix}/lora/Add")]
+
+
+def _insert_after(graph, pairs) -> None:
+    """Keep the node list topologically sorted: each LoRA branch right after its projection."""
+    extra = {id(node): nodes for node, nodes in pairs}
+    ordered = []
+    for node in graph.node:
+        ordered.append(node)
+        ordered.extend(extra.get(id(node), []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+# --- adapters ------------------------------------------------------------------------------------------------------
+
+_PEFT_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
+
+
+def peft_pieces(adapter_dir: Path, config) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+    """(layer, canonical projection) -> (A [r, in], scaled B [out, r]); packed PEFT modules are split by rows."""
+    from safetensors.numpy import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path, weights = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise EdgewiseError(f"{adapter_dir} is not a PEFT adapter folder (adapter_config.json + "
+                            "adapter_model.safetensors)")
+    cfg = json.loads(cfg_path.read_text())
+    try:
+        tensors = load_file(weights)
+    except Exception as exc:  # safetensors reports truncation and corruption with its own error types
+        raise EdgewiseError(f"cannot read {weights}: {exc}") from exc
+    raw: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        match = _PEFT_KEY.search(key)
+        if match:
+            raw.setdefault((int(match[1]), match[2]), {})[match[3]] = value.astype(np.float32)
+    if not raw:
+        raise EdgewiseError(f"{adapter_dir}: no LoRA weights of decoder-layer projections found")
+    sizes = projection_sizes(config)
+    pieces = {}
+    for (layer, module), ab in raw.items():
+        rank = ab["A"].shape[0]
+        scale = cfg["lora_alpha"] / (rank ** 0.5 if cfg.get("use_rslora") else rank)
+        row = 0
+        for name in FUSED.get(module, (module,)):
+            pieces[(layer, name)] = (ab["A"], ab["B"][row:row + sizes[name]] * scale)
+            row += sizes[name]
+    return pieces
+
+
+def adapter_tensors(adapter_dir: Path, layout: dict, config) -> dict[str, np.ndarray]:
+    pieces = peft_pieces(adapter_dir, config)
+    covered = {(entry["layer"], name) for entry in layout.values() for name in entry["covers"]}
+    missing = sorted({name for (_, name) in pieces} - {name for (_, name) in covered})
+    if missing:
+        have = sorted({name for (_, name) in covered})
+        raise EdgewiseError(f"the adapter trains {missing}, but the model has LoRA inputs only for {have}: "
+                            "re-export with --lora_targets")
+    tensors = {}
+    for prefix, entry in layout.items():
+        parts = [(pieces[(entry["layer"], name)], entry["covers"][name]) for name in entry["covers"]
+                 if (entry["layer"], name) in pieces]
+        if parts:
+            tensors[f"{prefix}.lora_A"], tensors[f"{prefix}.lora_B"] = _combine(parts, entry, prefix)
+    return tensors
+
+
+def _combine(parts, entry, prefix):
+    """One A [in, R] and one B [R, out] for a (possibly fused) projection; pieces sharing an A share its rows."""
+    blocks: list[tuple[np.ndarray, list]] = []
+    for (a, b), (offset, size) in parts:
+        if a.shape[1] != entry["in"]:
+            raise EdgewiseError(f"adapter input width {a.shape[1]} does not match the model's {entry['in']} at "
+                                f"{prefix}: it belongs to another base model")
+        if blocks and blocks[-1][0] is a:
+            blocks[-1][1].append((b, offset))
+        else:
+            blocks.append((a, [(b, offset)]))
+    rank = sum(a.shape[0] for a, _ in blocks)
+    big_a = np.concatenate([a.T for a, _ in blocks], axis=1)
+    big_b = np.zeros((rank, entry["out"]), np.float32)
+    row = 0
+    for a, outs in blocks:
+        for b, offset in outs:
+            big_b[row:row + a.shape[0], offset:offset + b.shape[0]] = b.T
+        row += a.shape[0]
+    return np.ascontiguousarray(big_a), big_b
+
+
+def write_adapter(tensors: dict[str, np.ndarray], path: Path, dtype=np.float32) -> Path:
+    import onnxruntime as ort
+
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}  # OrtValues alias these buffers
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()})
+    tmp = Path(str(path) + ".tmp")
+    fmt.export_adapter(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def convert_adapter(adapter_dir: Path, model_dir: Path, out_file: Path, config) -> Path:
+    layout_path = Path(model_dir) / LAYOUT
+    if not layout_path.is_file():
+        raise EdgewiseError(f"{model_dir} has no LoRA inputs: export it with an adapter or --lora_targets")
+    layout = json.loads(layout_path.read_text())
+    return write_adapter(adapter_tensors(adapter_dir, layout, config), out_file)

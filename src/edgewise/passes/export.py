@@ -1,0 +1,148 @@
+"""auto-opt: export to an ONNX Runtime GenAI folder with the model builder, keep the quantized integers exactly,
+add LoRA inputs and write the adapter as `adapter_weights.onnx_adapter`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from edgewise import onnx_lora
+from edgewise.engine import Artifact, register
+from edgewise.errors import EdgewiseError
+from edgewise.log import log
+from edgewise.modeling import copy_side_files, load_model, quantization_config, read_config
+
+PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    adapter_path: str | None = field(default=None, metadata={
+        "help": "PEFT adapter folder to ship as adapter_weights.onnx_adapter", "path": True})
+    precision: str = field(default="int4", metadata={"help": "weight precision of the ONNX model",
+                                                     "choices": ("int4", "int8", "fp16", "fp32")})
+    device: str = field(default="cpu", metadata={"help": "target device", "choices": ("cpu", "gpu", "cuda", "dml")})
+    provider: str | None = field(default=None, metadata={
+        "help": "execution provider (overrides --device)", "choices": tuple(PROVIDERS)})
+    lora_targets: str | None = field(default=None, metadata={
+        "help": "comma-separated projections that get LoRA inputs (default: the adapter's)"})
+    lm_head_bits: int = field(default=8, metadata={
+        "help": "bits of the output head and tied embedding in int4 models", "choices": (4, 8)})
+    threads: int = field(default=0, metadata={"help": "intra-op threads in genai_config (0: this machine's cores)"})
+
+
+def execution_provider(config: ExportConfig) -> str:
+    if config.provider:
+        return PROVIDERS[config.provider]
+    return {"gpu": "cuda"}.get(config.device, config.device)
+
+
+def lora_target_set(config: ExportConfig) -> set[str]:
+    targets = set()
+    if config.adapter_path:
+        cfg_path = Path(config.adapter_path) / "adapter_config.json"
+        if not cfg_path.is_file():
+            raise EdgewiseError(f"{config.adapter_path} is not a PEFT adapter folder (no adapter_config.json)")
+        modules = json.loads(cfg_path.read_text()).get("target_modules") or []
+        targets.update(modules if isinstance(modules, list) else [modules])
+    if config.lora_targets:
+        targets.update(t.strip() for t in config.lora_targets.split(",") if t.strip())
+    return {name for t in targets for name in onnx_lora.FUSED.get(t, (t,))}
+
+
+def builder_input(folder: Path, precision: str, work: Path) -> Path:
+    """The folder the builder reads: the checkpoint itself, or its dequantized float copy for float exports."""
+    qconfig = quantization_config(folder)
+    if not qconfig or (precision == "int4" and qconfig["bits"] == 4) or (precision == "int8" and qconfig["bits"] == 8):
+        return folder
+    dense = work / "dequantized"
+    if not (dense / "config.json").is_file():
+        model = load_model(folder)
+        model.save_pretrained(dense)
+        copy_side_files(folder, dense)
+    return dense
+
+
+def run_builder(src: Path, out: Path, config: ExportConfig, work: Path) -> None:
+    extra = ["hf_remote=false"]
+    if config.precision == "int4" and config.lm_head_bits == 8:
+        extra.append("matmul_mixed_precision=last_matmul:int8")
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+           "-p", config.precision, "-e", execution_provider(config), "-c", str(work / "builder_cache"),
+           "--extra_options", *extra]
+    log_path = work / "builder.log"
+    log.info("building the ONNX model (%s, %s); log: %s", config.precision, execution_provider(config), log_path)
+    with open(log_path, "w") as handle:
+        done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+    if done.returncode != 0:
+        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+        raise EdgewiseError(f"the ONNX Runtime GenAI builder failed: {lines[-1] if lines else 'no output'}"
+                            f" (full log: {log_path})")
+
+
+def set_threads(model_dir: Path, threads: int) -> None:
+    path = model_dir / "genai_config.json"
+    cfg = json.loads(path.read_text())
+    options = cfg["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = threads or os.cpu_count() or 1
+    path.write_text(json.dumps(cfg, indent=4))
+
+
+def repair_shared_head(model) -> None:
+    """Builder 0.18 names the int8 head's tensors differently where the tied embedding reads them
+    (weight_Q8G32 / weight_scale vs weight_Q8 / weight_scales); point those inputs at the real tensors."""
+    names = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    names |= {i.name for i in model.graph.input}
+    renames = {"lm_head.MatMul.weight_Q8G32": "lm_head.MatMul.weight_Q8",
+               "lm_head.MatMul.weight_scale": "lm_head.MatMul.weight_scales"}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name and name not in names and renames.get(name) in names:
+                node.input[i] = renames[name]
+
+
+def save_onnx(model, path: Path) -> None:
+    data = path.with_suffix(".onnx.data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+
+
+@register("export", ExportConfig)
+def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
+    hf_config = read_config(artifact.path)
+    targets = lora_target_set(config)
+    model_dir = out / "model"
+    run_builder(builder_input(artifact.path, config.precision, work), model_dir, config, work)
+    set_threads(model_dir, config.threads)
+    model = onnx.load(model_dir / "model.onnx")
+    repair_shared_head(model)
+    if targets:
+        layout = onnx_lora.add_lora_inputs(model, targets, hf_config)
+        (model_dir / onnx_lora.LAYOUT).write_text(json.dumps(layout, indent=1))
+    save_onnx(model, model_dir / "model.onnx")
+    metrics = {"onnx_bytes": sum(p.stat().st_size for p in model_dir.glob("model.onnx*")), "lora_targets":
+               sorted(targets)}
+    if config.adapter_path:
+        onnx_lora.convert_adapter(Path(config.adapter_path), model_dir, model_dir / onnx_lora.ADAPTER_FILE, hf_config)
+    (model_dir / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=2))
+    validate(model_dir)
+    return metrics
+
+
+def validate(model_dir: Path) -> None:
+    """Load the model (and its adapter) with onnxruntime-genai: a broken export must fail here, not later."""
+    from edgewise.runtime import Runtime
+
+    adapter = model_dir / onnx_lora.ADAPTER_FILE
+    try:
+        Runtime(model_dir, {"check": adapter} if adapter.is_file() else None)
+    except EdgewiseError:
+        raise
+    except Exception as exc:  # onnxruntime-genai reports invalid graphs as RuntimeError
+        raise EdgewiseError(f"the exported model does not load: {str(exc).splitlines()[0]}") from exc

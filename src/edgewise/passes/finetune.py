@@ -1,0 +1,189 @@
+"""finetune: LoRA on the user's data. On a quantized base the model holds exactly the dequantized int4 weights that
+inference uses. Writes `adapter/` (standard PEFT files) and `model/` (the base as hard links, not a copy)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from edgewise import datasets, devices
+from edgewise.archs import arch_for
+from edgewise.engine import Artifact, register
+from edgewise.errors import EdgewiseError
+from edgewise.fsutil import link_tree
+from edgewise.log import log
+from edgewise.modeling import load_model, load_tokenizer
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data_files: str = field(default="", metadata={"help": "training data file", "path": True})
+    data_name: str = field(default="json", metadata={"help": "format of --data_files", "choices": datasets.FORMATS})
+    text_template: str | None = field(default=None, metadata={
+        "help": "template with {column} placeholders; loss falls after {response} (default: the chat template)"})
+    prompt_column: str = field(default="prompt", metadata={"help": "prompt column for the chat template"})
+    response_column: str = field(default="response", metadata={"help": "response column"})
+    method: str = field(default="lora", metadata={"help": "lora, or qlora (LoRA over a 4-bit AWQ base)",
+                                                  "choices": ("lora", "qlora")})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha/r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    target_modules: str | None = field(default=None, metadata={
+        "help": "comma-separated linears to adapt (default: per architecture, e.g. q_proj,v_proj)"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (linear warmup and decay)"})
+    batch_size: int = field(default=1, metadata={"help": "examples per micro-batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_seq_len: int = field(default=512, metadata={"help": "tokens per example (longer ones are truncated)"})
+    response_only: bool = field(default=True, metadata={"help": "loss on response tokens only"})
+    eval_split: float = field(default=0.0, metadata={"help": "fraction of records held out for an eval loss"})
+    save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (an interrupted run resumes)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
+    seed: int = field(default=42, metadata={"help": "random seed"})
+
+
+def lora_targets(config: FinetuneConfig, model) -> list[str]:
+    if config.target_modules:
+        return [t.strip() for t in config.target_modules.split(",") if t.strip()]
+    return list(arch_for(model.config).lora_targets)
+
+
+def prepare_data(config: FinetuneConfig, tokenizer):
+    if not config.data_files:
+        raise EdgewiseError("finetune needs --data_files")
+    records = datasets.load_records(config.data_files, config.data_name)
+    template = datasets.unescape(config.text_template) if config.text_template else None
+    formatter = datasets.Formatter(template, config.prompt_column, config.response_column)
+    formatter.check(records, config.data_files)
+    examples = datasets.tokenize(records, formatter, tokenizer, config.max_seq_len, config.response_only)
+    random.Random(config.seed).shuffle(examples)
+    n_eval = int(len(examples) * config.eval_split)
+    return examples[n_eval:], examples[:n_eval]
+
+
+def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ex["input_ids"]) for ex in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), datasets.IGNORE)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex["input_ids"])
+        ids[row, :n], labels[row, :n], mask[row, :n] = torch.tensor(ex["input_ids"]), torch.tensor(ex["labels"]), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def batches(examples: list[dict], size: int, seed: int):
+    """Endless shuffled micro-batches; epoch e uses the seed + e so a resumed run sees the same order."""
+    epoch = 0
+    while True:
+        order = list(range(len(examples)))
+        random.Random(seed + epoch).shuffle(order)
+        for start in range(0, len(order), size):
+            yield [examples[i] for i in order[start:start + size]]
+        epoch += 1
+
+
+@register("finetune", FinetuneConfig)
+def run(artifact: Artifact, config: FinetuneConfig, out, work) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)
+    device = devices.resolve(config.device)
+    tokenizer = load_tokenizer(artifact.path)
+    train, held_out = prepare_data(config, tokenizer)
+    model = load_model(artifact.path, torch.float32, device)
+    targets = lora_targets(config, model)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise EdgewiseError(f"cannot apply LoRA to {targets}: {str(exc).splitlines()[0]}") from exc
+    losses = train_loop(model, train, config, tokenizer.pad_token_id or 0, device, work)
+    model.save_pretrained(out / "adapter")
+    _record_base(out / "adapter", artifact)
+    link_tree(artifact.path, out / "model")
+    metrics = {"train_loss_first": losses[0], "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+               "examples": len(train), "targets": targets}
+    if held_out:
+        metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
+    return metrics
+
+
+def _record_base(adapter_dir, artifact: Artifact) -> None:
+    path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = str(artifact.path)
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str, work) -> list[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    warmup = max(1, config.max_steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(
+        0.0, (config.max_steps - s) / max(1, config.max_steps - warmup))))
+    step, losses = _resume(model, optimizer, schedule, work)
+    stream = batches(examples, config.batch_size, config.seed)
+    for _ in range(step * config.gradient_accumulation_steps):
+        next(stream)
+    model.train()
+    bar = tqdm(total=config.max_steps, initial=step, desc="finetune", unit="step", leave=False)
+    while step < config.max_steps:
+        total = 0.0
+        for _ in range(config.gradient_accumulation_steps):
+            batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
+            loss = model(**batch).loss / config.gradient_accumulation_steps
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(total)
+        bar.set_postfix(loss=f"{total:.3f}")
+        bar.update(1)
+        if step % config.save_steps == 0 and step < config.max_steps:
+            _checkpoint(model, optimizer, schedule, step, losses, work)
+    bar.close()
+    if not all(math.isfinite(x) for x in losses):
+        raise EdgewiseError("training diverged (loss is not finite): lower --learning_rate")
+    log.info("finetune: loss %.3f -> %.3f over %d steps", losses[0], sum(losses[-10:]) / len(losses[-10:]), step)
+    return losses
+
+
+def _checkpoint(model, optimizer, schedule, step, losses, work) -> None:
+    state = {"step": step, "losses": losses, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "lora": {k: v for k, v in model.state_dict().items() if "lora_" in k}}
+    tmp = work / "checkpoint.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(work / "checkpoint.pt")
+
+
+def _resume(model, optimizer, schedule, work):
+    path = work / "checkpoint.pt"
+    if not path.is_file():
+        return 0, []
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["lora"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    log.info("finetune: resuming at step %d", state["step"])
+    return state["step"], state["losses"]
+
+
+@torch.no_grad()
+def eval_loss(model, examples, config: FinetuneConfig, pad_id: int, device: str) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), config.batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + config.batch_size], pad_id).items()}
+        n = int((batch["labels"][:, 1:] != datasets.IGNORE).sum())
+        total += model(**batch).loss.item() * n
+        count += n
+    return total / max(count, 1)

@@ -1,0 +1,69 @@
+"""quantize: int4/int8 weight-only quantization (AWQ, GPTQ, RTN) into a GPTQ-format Hugging Face folder."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+
+import torch
+
+from edgewise import datasets, devices
+from edgewise.engine import Artifact, register
+from edgewise.errors import EdgewiseError
+from edgewise.log import log
+from edgewise.modeling import load_model, load_tokenizer, quantization_config, save_quantized
+from edgewise.quant.calib import token_windows
+from edgewise.quant.int4 import QuantSpec
+from edgewise.quant.layerwise import ALGORITHMS, quantize_model
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    algorithm: str = field(default="awq", metadata={"help": "awq (activation-aware scales + clipping), gptq or rtn",
+                                                    "choices": ALGORITHMS})
+    bits: int = field(default=4, metadata={"help": "weight bits", "choices": (4, 8)})
+    group_size: int = field(default=32, metadata={
+        "help": "weights per scale; halved for a layer whose width it does not divide"})
+    zero_point: bool = field(default=True, metadata={"help": "asymmetric with an integer zero point (else symmetric)"})
+    data_files: str | None = field(default=None, metadata={
+        "help": "calibration data file (default: English prose shipped with edgewise)", "path": True})
+    data_name: str = field(default="json", metadata={"help": "format of --data_files", "choices": datasets.FORMATS})
+    text_template: str | None = field(default=None, metadata={
+        "help": "template with {column} placeholders (default: the chat template over prompt/response)"})
+    num_samples: int = field(default=16, metadata={"help": "calibration windows"})
+    seq_len: int = field(default=512, metadata={"help": "tokens per calibration window"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+
+def calibration_texts(config, tokenizer) -> list[str]:
+    if not config.data_files:
+        return [resources.files("edgewise").joinpath("data/calibration.txt").read_text()]
+    records = datasets.load_records(config.data_files, config.data_name)
+    template = datasets.unescape(config.text_template) if config.text_template else None
+    formatter = datasets.Formatter(template)
+    formatter.check(records, config.data_files)
+    return datasets.texts(records, formatter, tokenizer)
+
+
+@register("quantize", QuantizeConfig)
+def run(artifact: Artifact, config: QuantizeConfig, out, work) -> dict:
+    if quantization_config(artifact.path):
+        raise EdgewiseError(f"{artifact.path} is already quantized")
+    torch.manual_seed(config.seed)
+    device = devices.resolve(config.device)
+    tokenizer = load_tokenizer(artifact.path)
+    windows = token_windows(tokenizer, calibration_texts(config, tokenizer), config.num_samples, config.seq_len)
+    model = load_model(artifact.path, devices.compute_dtype(device), device)
+    spec = QuantSpec(config.bits, config.group_size, config.zero_point)
+    log.info("%s int%d, group %d, %s, on %s", config.algorithm, config.bits, config.group_size,
+             "zero point" if config.zero_point else "symmetric", device)
+    qtensors = quantize_model(model, windows, spec, config.algorithm)
+    qconfig = {
+        "quant_method": "gptq", "checkpoint_format": "gptq", "bits": config.bits, "group_size": config.group_size,
+        "sym": not config.zero_point, "desc_act": False, "quantizer": [f"edgewise:{config.algorithm}"],
+        "dynamic": {f"+:{re.escape(name)}\\.": {"group_size": qt.group_size}
+                    for name, qt in qtensors.items() if qt.group_size != config.group_size},
+    }
+    save_quantized(model.float().cpu(), qtensors, qconfig, artifact.path, out)
+    return {"linears": len(qtensors), "calibration_tokens": windows.numel()}

@@ -1,0 +1,59 @@
+"""AWQ (Lin et al., arXiv 2306.00978): activation-aware per-channel scaling, then weight clipping.
+
+For a group of linears reading the same input X, search s = x_mean^a / w_mean^(1-a) over a grid of a, scale the
+weights' input channels by s (folding 1/s into the module that produces X) and keep the s whose quantized weights
+minimise the output error ||X (Q(W s)/s - W)^T||^2. Then, per output row and weight group, shrink the quantization range
+by the ratio that minimises the same error. Both errors are computed exactly from the Gram matrix of X."""
+from __future__ import annotations
+
+import torch
+
+from edgewise.quant.int4 import QTensor, QuantSpec, dequantize, group_params, quantize_with, rtn
+
+
+def output_error(delta: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """trace(delta H delta^T): the summed squared output error of a weight error `delta` [out, in]."""
+    return ((delta @ gram) * delta).sum()
+
+
+def search_scale(weights: list[torch.Tensor], x_mean: torch.Tensor, gram: torch.Tensor, spec: QuantSpec,
+                 group_size: int, n_grid: int = 20) -> torch.Tensor:
+    """The per-input-channel scale s for linears sharing one input; ones when no scaling helps."""
+    w = torch.cat([t.float() for t in weights], 0)
+    wg = w.abs().reshape(w.shape[0], -1, group_size)
+    w_mean = (wg / (wg.amax(-1, keepdim=True) + 1e-6)).reshape(w.shape).mean(0)
+    best_s, best_err = torch.ones_like(x_mean), _scaled_error(w, torch.ones_like(x_mean), gram, spec, group_size)
+    for i in range(n_grid):
+        ratio = i / n_grid
+        s = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        err = _scaled_error(w, s, gram, spec, group_size)
+        if err < best_err:
+            best_s, best_err = s, err
+    return best_s
+
+
+def _scaled_error(w, s, gram, spec, group_size) -> torch.Tensor:
+    q = rtn(w * s, spec, group_size).dequantize() / s
+    return output_error(q - w, gram)
+
+
+def clip_quantize(w: torch.Tensor, gram: torch.Tensor, spec: QuantSpec, group_size: int,
+                  n_grid: int = 20, max_shrink: float = 0.5) -> QTensor:
+    """Quantize `w` with the per-(row, group) range shrink ratio of least output error."""
+    out, inp = w.shape
+    ng = inp // group_size
+    idx = torch.arange(ng, device=w.device)
+    blocks = gram.reshape(ng, group_size, ng, group_size)[idx, :, idx, :]  # [ng, gs, gs] diagonal blocks
+    best_err = torch.full((out, ng), float("inf"), device=w.device)
+    best_ratio = torch.ones(out, ng, device=w.device)
+    for i in range(int(max_shrink * n_grid) + 1):
+        ratio = 1 - i / n_grid
+        scale, zero = group_params(w, spec, group_size, ratio)
+        delta = (dequantize(quantize_with(w, scale, zero, group_size, spec.maxq), scale, zero, group_size) - w)
+        d = delta.reshape(out, ng, group_size)
+        err = torch.einsum("ogi,gij,ogj->og", d, blocks, d)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+    return rtn(w, spec, group_size, clip=best_ratio)

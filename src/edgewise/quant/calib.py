@@ -1,0 +1,95 @@
+"""Calibration: token windows from texts, the inputs of the first decoder layer, and per-linear input statistics.
+
+Every algorithm here needs only two statistics of a linear's input X (tokens x features): the Gram matrix
+H = X^T X, which turns any output error ||X dW^T||^2 into trace(dW H dW^T), and the mean |x| per feature."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class InputStats:
+    gram: torch.Tensor  # [in, in], summed over tokens
+    abs_sum: torch.Tensor  # [in]
+    tokens: int = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.gram += x.t() @ x
+        self.abs_sum += x.abs().sum(0)
+        self.tokens += x.shape[0]
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        return self.abs_sum / max(self.tokens, 1)
+
+
+def token_windows(tokenizer, texts: list[str], num_samples: int, seq_len: int) -> torch.Tensor:
+    """[n, seq_len] windows cut from the concatenated texts (repeated if they are short)."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("calibration texts are empty")
+    needed = num_samples * seq_len
+    while len(ids) < needed:
+        ids = ids + ids
+    return torch.tensor(ids[:needed]).reshape(num_samples, seq_len)
+
+
+class _Captured(Exception):
+    pass
+
+
+def first_layer_inputs(model, windows: torch.Tensor, batch_size: int):
+    """Hidden states entering decoder layer 0 for each batch, and the keyword arguments the layer receives."""
+    layer0 = model.model.layers[0]
+    hidden, kwargs = [], {}
+
+    def grab(_module, args, kw):
+        hidden.append(args[0] if args else kw.pop("hidden_states"))
+        kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+        raise _Captured
+
+    handle = layer0.register_forward_pre_hook(grab, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for batch in windows.split(batch_size):
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    kwargs.pop("past_key_values", None)
+    kwargs["use_cache"] = False
+    return hidden, kwargs
+
+
+def run_layer(layer, hidden: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
+    out = []
+    for h in hidden:
+        res = layer(h, **kwargs)
+        out.append(res[0] if isinstance(res, tuple) else res)
+    return out
+
+
+def layer_stats(layer, names: list[str], hidden: list[torch.Tensor], kwargs: dict) -> dict[str, InputStats]:
+    """Input statistics of the named linears of one decoder layer, over all calibration batches."""
+    stats, handles = {}, []
+    for name in names:
+        module = layer.get_submodule(name)
+        n = module.in_features
+        dev = module.weight.device
+        stats[name] = InputStats(torch.zeros(n, n, device=dev), torch.zeros(n, device=dev))
+        handles.append(module.register_forward_hook(lambda _m, inp, _o, s=stats[name]: s.add(inp[0].detach())))
+    try:
+        run_layer(layer, hidden, kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats

@@ -1,0 +1,82 @@
+"""Running exported models with onnxruntime-genai: chat template, adapters chosen per generator, streamed tokens."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from edgewise.errors import EdgewiseError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int | None = None
+
+
+class Runtime:
+    """One loaded base model and its named adapters; each generation picks an adapter (or none)."""
+
+    def __init__(self, model_dir: str | Path, adapters: dict[str, str | Path] | None = None):
+        import onnxruntime_genai as og
+
+        self.og = og
+        model_dir = Path(model_dir)
+        if not (model_dir / "genai_config.json").is_file():
+            raise EdgewiseError(f"{model_dir} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
+        self.model = og.Model(str(model_dir))
+        self.tokenizer = og.Tokenizer(self.model)
+        self.adapters = og.Adapters(self.model)
+        self.names: list[str] = []
+        for name, path in (adapters or {}).items():
+            self.load_adapter(name, path)
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        if not Path(path).is_file():
+            raise EdgewiseError(f"adapter file not found: {path}")
+        try:
+            self.adapters.load(str(path), name)
+        except Exception as exc:  # onnxruntime-genai raises RuntimeError/OrtException with the runtime's text
+            raise EdgewiseError(f"cannot load adapter {path}: {str(exc).splitlines()[0]}") from exc
+        self.names.append(name)
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        return list(self.tokenizer.encode(text))
+
+    def stream(self, ids: list[int], adapter: str | None = None, sampling: Sampling = Sampling()) -> Iterator[str]:
+        """Decoded text pieces, one per generated token."""
+        for _, piece in self.stream_tokens(ids, adapter, sampling):
+            yield piece
+
+    def stream_tokens(self, ids, adapter=None, sampling: Sampling = Sampling()):
+        og = self.og
+        if adapter is not None and adapter not in self.names:
+            raise EdgewiseError(f"unknown adapter '{adapter}' (loaded: {', '.join(self.names) or 'none'})")
+        params = og.GeneratorParams(self.model)
+        options = {"max_length": len(ids) + sampling.max_new_tokens}
+        if sampling.temperature > 0:
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=sampling.top_k)
+            if sampling.seed is not None:
+                options["random_seed"] = sampling.seed
+        else:
+            options["do_sample"] = False
+        params.set_search_options(**options)
+        generator = og.Generator(self.model, params)
+        if adapter is not None:  # must precede append_tokens, or the prompt is processed without it
+            generator.set_active_adapter(self.adapters, adapter)
+        generator.append_tokens(ids)
+        decoder = self.tokenizer.create_stream()
+        while not generator.is_done():
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            yield token, decoder.decode(token)
+
+    def generate(self, prompt: str, adapter: str | None = None, sampling: Sampling = Sampling()) -> str:
+        ids = self.prompt_ids([{"role": "user", "content": prompt}])
+        return "".join(self.stream(ids, adapter, sampling))
