@@ -1,0 +1,153 @@
+"""The `edgewise` command: each subcommand is a preset list of passes run by the one engine."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from edgewise import __version__
+
+EXAMPLES = {
+    "quantize": """examples:
+  edgewise quantize --output_path models/awq                      # embedded SmolLM2, AWQ int4 g32
+  edgewise quantize --model_name_or_path microsoft/Phi-3.5-mini-instruct --trust_remote_code \\
+      --algorithm awq --output_path models/phi/awq
+  edgewise quantize --model_name_or_path model.gguf --algorithm gptq --group_size 64 \\
+      --data_files data.jsonl --output_path models/gptq""",
+    "finetune": """examples:
+  edgewise finetune --method lora --model_name_or_path models/awq --data_files travel.jsonl \\
+      --max_steps 100 --output_path models/ft                     # chat template over prompt/response
+  edgewise finetune --model_name_or_path models/awq --data_files data.csv --data_name csv \\
+      --text_template "<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>" --output_path models/ft""",
+    "auto-opt": """examples:
+  edgewise auto-opt --model_name_or_path models/ft/model --adapter_path models/ft/adapter \\
+      --device cpu --provider CPUExecutionProvider --use_ort_genai --output_path models/onnx
+  edgewise auto-opt --model_name_or_path models/awq --lora_targets q_proj,v_proj --output_path models/onnx""",
+    "convert-adapters": """examples:
+  edgewise convert-adapters --model models/onnx/model --adapter_path legal=models/ft-legal/adapter \\
+      --output_path models/onnx/adapters""",
+    "generate": """examples:
+  edgewise generate --model models/onnx/model --prompt "What's a must-see in Paris?"
+  edgewise generate --model models/onnx/model \\
+      --adapter travel=models/onnx/model/adapter_weights.onnx_adapter --prompt "What's a must-see in Paris?\"""",
+}
+
+
+def _fields(config_cls):
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        kind = hints[f.name]
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        yield f, base
+
+
+def add_config_args(parser, config_cls, skip=()) -> None:
+    """Flags, types, choices and help come from the pass's config dataclass: its single source of truth."""
+    group = parser.add_argument_group(f"{config_cls.__name__} options")
+    for f, base in _fields(config_cls):
+        if f.name in skip:
+            continue
+        meta = dict(f.metadata)
+        kwargs = {"help": f"{meta.get('help', '')} (default: {f.default})", "default": f.default}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = base
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        group.add_argument(f"--{f.name}", **kwargs)
+
+
+def config_from(args, config_cls, **overrides):
+    values = {f.name: getattr(args, f.name) for f, _ in _fields(config_cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    for f, _ in _fields(config_cls):
+        if f.metadata.get("path") and values.get(f.name):
+            values[f.name] = str(Path(values[f.name]).expanduser().resolve())
+    return config_cls(**values)
+
+
+def _common(parser, model=True, output=True) -> None:
+    if model:
+        parser.add_argument("--model_name_or_path", "-m", help="HF folder, hub id or .gguf file "
+                            "(default: the embedded SmolLM2-135M-Instruct)")
+        parser.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the model")
+    if output:
+        parser.add_argument("--output_path", "-o", required=True, help="folder to write")
+    parser.add_argument("--cache_dir", help="cache folder (default: $EDGEWISE_CACHE or ~/.cache/edgewise)")
+    parser.add_argument("--log_level", type=int, default=1, choices=(0, 1, 2, 3),
+                        help="0 debug (with tracebacks), 1 info, 2 warning, 3 error")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgewise.passes.export import ExportConfig
+    from edgewise.passes.finetune import FinetuneConfig
+    from edgewise.passes.quantize import QuantizeConfig
+
+    parser = argparse.ArgumentParser(prog="edgewise", description=(
+        "Quantize, LoRA-finetune and export language models for on-device inference with ONNX Runtime GenAI."))
+    parser.add_argument("--version", action="version", version=f"edgewise {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES.get(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("quantize", "int4/int8 weight-only quantization (AWQ, GPTQ, RTN) to a Hugging Face folder")
+    _common(p)
+    add_config_args(p, QuantizeConfig)
+
+    p = command("finetune", "LoRA finetuning on JSONL/CSV/Parquet data; writes OUT/model and OUT/adapter")
+    _common(p)
+    add_config_args(p, FinetuneConfig)
+
+    p = command("auto-opt", "export to ONNX Runtime GenAI with the LoRA adapter as a separate .onnx_adapter")
+    _common(p)
+    p.add_argument("--use_ort_genai", action="store_true", help="accepted for the lab's command line (always on)")
+    add_config_args(p, ExportConfig)
+
+    p = command("convert-adapters", "turn PEFT adapters of the same base into .onnx_adapter files for a model")
+    _common(p, model=False)
+    p.add_argument("--model", required=True, help="the exported model folder (OUT/model)")
+    p.add_argument("--adapter_path", action="append", required=True, metavar="[NAME=]PATH",
+                   help="PEFT adapter folder (repeatable)")
+
+    p = command("generate", "generate with an exported model, optionally through an adapter")
+    _common(p, model=False, output=False)
+    p.add_argument("--model", required=True, help="the exported model folder (OUT/model)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="load an .onnx_adapter under NAME and use it (repeatable; the last one is active)")
+    p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
+    p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    from edgewise.errors import EdgewiseError
+    from edgewise.log import log, setup
+
+    args = build_parser().parse_args(argv)
+    setup(args.log_level)
+    try:
+        from edgewise import commands
+
+        return getattr(commands, args.command.replace("-", "_"))(args) or 0
+    except EdgewiseError as exc:
+        print(f"edgewise: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgewise: interrupted (finished steps stay cached; run again to resume)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one line, non-zero, traceback only when asked
+        if args.log_level == 0:
+            raise
+        log.debug("internal error", exc_info=True)
+        print(f"edgewise: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(rerun with --log_level 0 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,93 @@
+"""Command presets: each builds its pass steps, runs them through the engine and publishes the final folder."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from edgewise import engine, onnx_lora, passes, sources  # noqa: F401  (passes registers the passes)
+from edgewise.cli import config_from
+from edgewise.errors import EdgewiseError
+from edgewise.fsutil import check_output_path
+from edgewise.modeling import quantization_config, read_config
+from edgewise.passes.export import ExportConfig
+from edgewise.passes.finetune import FinetuneConfig
+from edgewise.passes.quantize import QuantizeConfig
+
+
+def _source(args, path=None) -> engine.Artifact:
+    folder = sources.resolve(path or args.model_name_or_path, engine.cache_root(args.cache_dir),
+                             args.trust_remote_code)
+    read_config(folder, args.trust_remote_code)  # unsupported architectures stop here, before any work
+    return engine.folder_artifact(folder)
+
+
+def _run(args, artifact, steps) -> engine.Artifact:
+    check_output_path(Path(args.output_path))
+    result = engine.run_steps(artifact, steps, engine.cache_root(args.cache_dir))
+    out = engine.publish(result, Path(args.output_path))
+    report = {"output_path": str(out), "pass": result.manifest["pass"], "metrics": result.manifest["metrics"]}
+    print(json.dumps(report, indent=2) if args.json else out)
+    return result
+
+
+def quantize(args) -> int:
+    _run(args, _source(args), [("quantize", config_from(args, QuantizeConfig))])
+    return 0
+
+
+def finetune(args) -> int:
+    config = config_from(args, FinetuneConfig)
+    artifact = _source(args)
+    steps = []
+    if config.method == "qlora" and not quantization_config(artifact.path):
+        steps.append(("quantize", QuantizeConfig(data_files=config.data_files, data_name=config.data_name,
+                                                 text_template=config.text_template, device=config.device)))
+    _run(args, artifact, steps + [("finetune", config)])
+    return 0
+
+
+def auto_opt(args) -> int:
+    model_path = Path(args.model_name_or_path) if args.model_name_or_path else None
+    adapter = args.adapter_path
+    if model_path and (model_path / "model").is_dir() and (model_path / "adapter").is_dir():
+        model_path, adapter = model_path / "model", adapter or str(model_path / "adapter")
+    config = config_from(args, ExportConfig, adapter_path=adapter)
+    if config.adapter_path and not Path(config.adapter_path).is_dir():
+        raise EdgewiseError(f"adapter path not found: {args.adapter_path}")
+    _run(args, _source(args, str(model_path) if model_path else None), [("export", config)])
+    return 0
+
+
+def convert_adapters(args) -> int:
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise EdgewiseError(f"{model_dir} is not a model folder exported by edgewise auto-opt")
+    hf_config = read_config(model_dir)
+    out = Path(args.output_path)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in args.adapter_path:
+        name, _, path = spec.rpartition("=")
+        name = name or Path(path).resolve().parent.name
+        written = onnx_lora.convert_adapter(Path(path), model_dir, out / f"{name}.onnx_adapter", hf_config)
+        print(written)
+    return 0
+
+
+def generate(args) -> int:
+    from edgewise.runtime import Runtime, Sampling
+
+    adapters = {}
+    for spec in args.adapter:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise EdgewiseError(f"--adapter takes NAME=PATH, got '{spec}'")
+        adapters[name] = path
+    runtime = Runtime(args.model, adapters)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
+    ids = runtime.prompt_ids([{"role": "user", "content": args.prompt}])
+    for piece in runtime.stream(ids, list(adapters)[-1] if adapters else None, sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0

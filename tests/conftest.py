@@ -1,0 +1,77 @@
+"""Tiny random models (2 layers, hidden 64) of the supported families, with a tiny BPE tokenizer and ChatML template,
+built in-process: every pass is tested on them without any download."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TRAVEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "travel" / "data_sample_travel.jsonl"
+RECORDS = [{"prompt": f"Where should I go in city {i}?", "response": f"Visit the old market and the river {i}!"}
+           for i in range(12)]
+
+
+def tiny_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = [r["prompt"] + " " + r["response"] for r in RECORDS] * 4
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    return fast
+
+
+def tiny_model(kind: str, folder: Path) -> Path:
+    from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tiny_tokenizer(folder)
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if kind == "llama":
+        config = LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common)
+    else:
+        common["max_position_embeddings"] = 4096  # the builder's plain Phi-3 (4k) path, not LongRoPE
+        config = Phi3Config(num_key_value_heads=4, tie_word_embeddings=False, original_max_position_embeddings=4096,
+                            **common)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # larger weights than the init's 0.02 so that logits are not near-ties
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.15)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", params=["llama", "phi3"])
+def tiny(request, tmp_path_factory) -> Path:
+    return tiny_model(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("EDGEWISE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from edgewise.errors import EdgewiseError
+from edgewise.quant.awq import clip_quantize, output_error
+from edgewise.quant.gptq import gptq_quantize
+from edgewise.quant.int4 import QuantSpec, effective_group_size, pack_gptq, rtn, unpack_gptq
+
+
+@pytest.mark.parametrize("zero_point", [True, False])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gptq_packing_round_trips(zero_point, bits):
+    torch.manual_seed(0)
+    w = torch.randn(64, 96)
+    qt = rtn(w, QuantSpec(bits, 32, zero_point), 32)
+    back = unpack_gptq(pack_gptq(qt, bits), bits)
+    assert torch.equal(back.q, qt.q) and torch.equal(back.zero, qt.zero) and torch.equal(back.scale, qt.scale)
+    assert back.group_size == 32
+    assert int(qt.q.min()) >= 0 and int(qt.q.max()) <= 2**bits - 1
+    assert torch.equal(qt.scale, qt.scale.half().float())  # scales are exactly fp16
+
+
+def test_group_size_that_does_not_divide_is_halved():
+    assert effective_group_size(576, 128) == 64
+    assert effective_group_size(1536, 128) == 128
+    with pytest.raises(EdgewiseError):
+        effective_group_size(40, 32)
+
+
+def test_clipping_and_gptq_beat_rtn_on_their_objective():
+    torch.manual_seed(0)
+    x = torch.randn(512, 128) * torch.linspace(0.1, 3, 128)  # uneven channel magnitudes
+    w = torch.randn(64, 128)
+    w[:, 5] *= 8  # an outlier column
+    gram = x.t() @ x
+    spec = QuantSpec(4, 32, True)
+    base = output_error(rtn(w, spec, 32).dequantize() - w, gram)
+    clipped = output_error(clip_quantize(w, gram, spec, 32).dequantize() - w, gram)
+    gptq = output_error(gptq_quantize(w, gram, spec, 32).dequantize() - w, gram)
+    assert clipped <= base
+    assert gptq < base
