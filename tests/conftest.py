@@ -65,6 +65,11 @@ def tiny(request, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return tiny_model("llama", tmp_path_factory.mktemp("llama-cli"))
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The lab chain on the embedded default model (SmolLM2-135M-Instruct), offline, on a CPU:
+# quantize (AWQ int4) -> finetune (LoRA, 100 steps) -> auto-opt (ONNX Runtime GenAI + .onnx_adapter) -> generate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${DEMO_OUT:-demo-out}
+STEPS=${DEMO_STEPS:-100}
+QUESTION=${DEMO_QUESTION:-"What's a must-see in Paris?"}
+
+edgewise quantize --algorithm awq --output_path "$OUT/awq" --log_level 1
+edgewise finetune --method lora --model_name_or_path "$OUT/awq" --data_files examples/travel.jsonl \
+  --max_steps "$STEPS" --output_path "$OUT/ft" --log_level 1
+edgewise auto-opt --model_name_or_path "$OUT/ft/model" --adapter_path "$OUT/ft/adapter" --device cpu \
+  --provider CPUExecutionProvider --use_ort_genai --output_path "$OUT/onnx" --log_level 1
+
+echo
+echo "Q: $QUESTION"
+echo "--- base model (no adapter):"
+edgewise generate --model "$OUT/onnx/model" --prompt "$QUESTION" --max_new_tokens 80
+echo "--- with the travel adapter:"
+edgewise generate --model "$OUT/onnx/model" --adapter "travel=$OUT/onnx/model/adapter_weights.onnx_adapter" \
+  --prompt "$QUESTION" --max_new_tokens 80

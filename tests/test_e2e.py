@@ -1,0 +1,40 @@
+"""The whole lab chain through the CLI on the real embedded default model (SmolLM2-135M-Instruct), few steps."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edgewise(*args, env):
+    done = subprocess.run([sys.executable, "-m", "edgewise", *args], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_lab_chain_on_the_default_model(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGEWISE_CACHE": str(tmp_path / "cache")}
+    data = str(ROOT / "examples" / "travel.jsonl")
+    out = tmp_path / "models"
+    edgewise("quantize", "--algorithm", "awq", "--num_samples", "4", "--output_path", str(out / "awq"), env=env)
+    edgewise("finetune", "--method", "lora", "--model_name_or_path", str(out / "awq"), "--data_files", data,
+             "--max_steps", "12", "--learning_rate", "1e-3", "--output_path", str(out / "ft"), env=env)
+    assert (out / "ft" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "ft" / "model" / "model.safetensors").stat().st_ino == (out / "awq" / "model.safetensors").stat().st_ino
+    edgewise("auto-opt", "--model_name_or_path", str(out / "ft" / "model"), "--adapter_path", str(out / "ft" / "adapter"),
+             "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai",
+             "--output_path", str(out / "onnx"), env=env)
+    model = out / "onnx" / "model"
+    adapter = model / "adapter_weights.onnx_adapter"
+    assert adapter.is_file() and (model / "genai_config.json").is_file()
+    question = ["--prompt", "What's a must-see in Paris?", "--max_new_tokens", "40"]
+    base = edgewise("generate", "--model", str(model), *question, env=env).stdout.strip()
+    tuned = edgewise("generate", "--model", str(model), "--adapter", f"travel={adapter}", *question, env=env).stdout
+    assert base and tuned.strip() and tuned.strip() != base
+    again = edgewise("quantize", "--algorithm", "awq", "--num_samples", "4", "--output_path", str(out / "awq"), env=env)
+    assert "cached" in again.stderr
