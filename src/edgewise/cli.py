@@ -32,6 +32,10 @@ EXAMPLES = {
   edgewise generate --model models/onnx/model --prompt "What's a must-see in Paris?"
   edgewise generate --model models/onnx/model \\
       --adapter travel=models/onnx/model/adapter_weights.onnx_adapter --prompt "What's a must-see in Paris?\"""",
+    "benchmark": """examples:
+  edgewise benchmark models/onnx/model                           # the base model
+  edgewise benchmark models/onnx/model --adapter travel=models/onnx/model/adapter_weights.onnx_adapter \
+      --prompt_tokens 256 --gen_tokens 128 --json                   # base, then with the adapter active""",
 }
 
 
@@ -125,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+
+    p = command("benchmark", "time to first token, decode tok/s and peak memory, without and with each adapter")
+    _common(p, model=False, output=False)
+    p.add_argument("model", help="the exported model folder (OUT/model)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="also measure with this .onnx_adapter active (repeatable)")
+    p.add_argument("--prompt_tokens", type=int, default=128, help="prompt length")
+    p.add_argument("--gen_tokens", type=int, default=128, help="tokens generated per run")
+    p.add_argument("--runs", type=int, default=3, help="timed runs (after one warm-up); medians are reported")
     return parser
 
 

@@ -9,6 +9,7 @@ from edgewise import engine, onnx_lora, passes, sources  # noqa: F401  (passes r
 from edgewise.cli import config_from
 from edgewise.errors import EdgewiseError
 from edgewise.fsutil import check_output_path
+from edgewise.log import log
 from edgewise.modeling import quantization_config, read_config
 from edgewise.passes.export import ExportConfig
 from edgewise.passes.finetune import FinetuneConfig
@@ -74,15 +75,20 @@ def convert_adapters(args) -> int:
     return 0
 
 
+def named_adapters(specs: list[str]) -> dict[str, str]:
+    adapters = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise EdgewiseError(f"--adapter takes NAME=PATH, got '{spec}'")
+        adapters[name] = path
+    return adapters
+
+
 def generate(args) -> int:
     from edgewise.runtime import Runtime, Sampling
 
-    adapters = {}
-    for spec in args.adapter:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise EdgewiseError(f"--adapter takes NAME=PATH, got '{spec}'")
-        adapters[name] = path
+    adapters = named_adapters(args.adapter)
     runtime = Runtime(args.model, adapters)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
     ids = runtime.prompt_ids([{"role": "user", "content": args.prompt}])
@@ -90,4 +96,24 @@ def generate(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def benchmark(args) -> int:
+    from edgewise.benchmark import measure
+    from edgewise.runtime import Runtime
+
+    runtime = Runtime(args.model, named_adapters(args.adapter))
+    results = []
+    for adapter in [None, *runtime.names]:
+        speed = measure(runtime, adapter, args.prompt_tokens, args.gen_tokens, args.runs)
+        log.info("%s: first token %.1f ms, decode %.1f tok/s", adapter or "base", speed.ttft_ms, speed.decode_tok_s)
+        results.append(speed.as_dict())
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{'adapter':<16}{'prompt':>8}{'gen':>6}{'TTFT ms':>10}{'tok/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'peak MB':>9}")
+        for r in results:
+            print(f"{r['adapter'] or '(base)':<16}{r['prompt_tokens']:>8}{r['gen_tokens']:>6}{r['ttft_ms']:>10.1f}"
+                  f"{r['decode_tok_s']:>9.1f}{r['decode_ms_p50']:>9.2f}{r['decode_ms_p90']:>9.2f}{r['peak_rss_mb']:>9.0f}")
     return 0

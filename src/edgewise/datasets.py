@@ -148,5 +148,14 @@ def tokenize(records: list[dict], formatter: Formatter, tokenizer, max_length: i
     return examples
 
 
+def load_formatted(path, data_name: str, text_template: str | None, prompt_column: str = "prompt",
+                   response_column: str = "response") -> tuple[list[dict], Formatter]:
+    """Records of a data file and the checked Formatter that renders them (a command-line template is unescaped)."""
+    records = load_records(path, data_name)
+    formatter = Formatter(unescape(text_template) if text_template else None, prompt_column, response_column)
+    formatter.check(records, path)
+    return records, formatter
+
+
 def texts(records: list[dict], formatter: Formatter, tokenizer) -> list[str]:
     return ["".join(formatter.split(r, tokenizer)) for r in records]

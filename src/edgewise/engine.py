@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ def run_pass(name: str, artifact: Artifact, config, cache: Path) -> Artifact:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        shutil.rmtree(work, ignore_errors=True)  # checkpoints and scratch matter only to an interrupted run
         log.info("%s: done in %.1f s", name, time.time() - start)
         return folder_artifact(entry)
 

@@ -55,10 +55,8 @@ def lora_targets(config: FinetuneConfig, model) -> list[str]:
 def prepare_data(config: FinetuneConfig, tokenizer):
     if not config.data_files:
         raise EdgewiseError("finetune needs --data_files")
-    records = datasets.load_records(config.data_files, config.data_name)
-    template = datasets.unescape(config.text_template) if config.text_template else None
-    formatter = datasets.Formatter(template, config.prompt_column, config.response_column)
-    formatter.check(records, config.data_files)
+    records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template,
+                                                 config.prompt_column, config.response_column)
     examples = datasets.tokenize(records, formatter, tokenizer, config.max_seq_len, config.response_only)
     random.Random(config.seed).shuffle(examples)
     n_eval = int(len(examples) * config.eval_split)
@@ -159,7 +157,9 @@ def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str
 
 def _checkpoint(model, optimizer, schedule, step, losses, work) -> None:
     state = {"step": step, "losses": losses, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "lora": {k: v for k, v in model.state_dict().items() if "lora_" in k}}
+             "lora": {k: v for k, v in model.state_dict().items() if "lora_" in k}, "rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
     tmp = work / "checkpoint.pt.tmp"
     torch.save(state, tmp)
     tmp.replace(work / "checkpoint.pt")
@@ -173,6 +173,9 @@ def _resume(model, optimizer, schedule, work):
     model.load_state_dict(state["lora"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])  # dropout masks continue exactly where the interrupted run stopped
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     log.info("finetune: resuming at step %d", state["step"])
     return state["step"], state["losses"]
 

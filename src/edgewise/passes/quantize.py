@@ -39,10 +39,7 @@ class QuantizeConfig:
 def calibration_texts(config, tokenizer) -> list[str]:
     if not config.data_files:
         return [resources.files("edgewise").joinpath("data/calibration.txt").read_text()]
-    records = datasets.load_records(config.data_files, config.data_name)
-    template = datasets.unescape(config.text_template) if config.text_template else None
-    formatter = datasets.Formatter(template)
-    formatter.check(records, config.data_files)
+    records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template)
     return datasets.texts(records, formatter, tokenizer)
 
 
