@@ -1,9 +1,11 @@
-"""Perplexity of the default model (fp32) and its int4 quantizations, on held-out English prose (docstrings of Python
-standard-library modules; calibration uses edgewise's shipped text). Usage: python bench/perplexity.py [awq,gptq,rtn]"""
+"""Perplexity of the default model (fp32) and its int4 quantizations (group 32, integer zero point) on two held-out
+sets: English prose (docstrings of Python standard-library modules) and the lab's travel answers
+(../shared/data/travel). Calibration: edgewise's default text (16 x 512 tokens), as `edgewise quantize` uses it.
+Usage: python bench/perplexity.py [awq,gptq,rtn]"""
 import copy
+import json
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -11,20 +13,27 @@ import torch
 from edgewise import engine, sources
 from edgewise.evaluate import perplexity, stdlib_prose
 from edgewise.modeling import load_model, load_tokenizer
+from edgewise.passes.quantize import default_calibration
 from edgewise.quant.calib import token_windows
 from edgewise.quant.int4 import QuantSpec
 from edgewise.quant.layerwise import quantize_model
 
+TRAVEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "travel" / "data_sample_travel.jsonl"
+
 torch.manual_seed(0)
 folder = sources.resolve(None, engine.cache_root())
 tok, base = load_tokenizer(folder), load_model(folder)
-held_out = token_windows(tok, stdlib_prose(), 16, 512)
-calibration = token_windows(tok, [resources.files("edgewise").joinpath("data/calibration.txt").read_text()], 16, 512)
-p0 = perplexity(base, held_out)
-print(f"fp32 ppl {p0:.3f}", flush=True)
+held_out = {"prose": token_windows(tok, stdlib_prose(), 16, 512),
+            "travel": token_windows(tok, [json.loads(line)["response"] for line in TRAVEL.open()], 8, 512)}
+calibration = token_windows(tok, default_calibration(), 16, 512)
+ref = {name: perplexity(base, windows) for name, windows in held_out.items()}
+print("| model | prose ppl | vs fp32 | travel ppl | vs fp32 | quantize time |")
+print("| --- | --- | --- | --- | --- | --- |")
+print(f"| fp32 | {ref['prose']:.3f} | | {ref['travel']:.3f} | | |", flush=True)
 for algorithm in (sys.argv[1] if len(sys.argv) > 1 else "rtn,awq,gptq").split(","):
     model, start = copy.deepcopy(base), time.time()
     quantize_model(model, calibration, QuantSpec(4, 32, True), algorithm)
     seconds = time.time() - start
-    p = perplexity(model, held_out)
-    print(f"{algorithm} int4 g32 asym ppl {p:.3f} (+{100 * (p / p0 - 1):.1f}%) in {seconds:.0f} s", flush=True)
+    cells = [f"{p:.3f} | +{100 * (p / ref[name] - 1):.1f}%"
+             for name, p in ((name, perplexity(model, w)) for name, w in held_out.items())]
+    print(f"| {algorithm.upper()} | {' | '.join(cells)} | {seconds:.1f} s |", flush=True)

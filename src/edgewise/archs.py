@@ -11,12 +11,15 @@ class InputGroup:
     """Linears of a decoder layer that read the same input; AWQ scales them together.
 
     `prev` is the module whose output feeds them (a norm or a linear) so the inverse scale can be folded into it;
-    `prev_rows` selects the slice of a packed linear's output rows that feeds them ("second_half" for gate_up).
+    `prev_rows` selects the slice of a packed linear's output rows that feeds them ("second_half" for gate_up);
+    `block` is the token-wise module whose output AWQ's scale search scores (the MLP: an error in `up` matters as much
+    as the gate lets it through); None scores the linears' own outputs.
     """
 
     linears: tuple[str, ...]
     prev: str | None = None
     prev_rows: str | None = None
+    block: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,13 @@ class Arch:
 _LLAMA_GROUPS = (
     InputGroup(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), prev="input_layernorm"),
     InputGroup(("self_attn.o_proj",)),
-    InputGroup(("mlp.gate_proj", "mlp.up_proj"), prev="post_attention_layernorm"),
+    InputGroup(("mlp.gate_proj", "mlp.up_proj"), prev="post_attention_layernorm", block="mlp"),
     InputGroup(("mlp.down_proj",), prev="mlp.up_proj"),
 )
 _PHI3_GROUPS = (
     InputGroup(("self_attn.qkv_proj",), prev="input_layernorm"),
     InputGroup(("self_attn.o_proj",)),
-    InputGroup(("mlp.gate_up_proj",), prev="post_attention_layernorm"),
+    InputGroup(("mlp.gate_up_proj",), prev="post_attention_layernorm", block="mlp"),
     InputGroup(("mlp.down_proj",), prev="mlp.gate_up_proj", prev_rows="second_half"),
 )
 _QV = ("q_proj", "v_proj")

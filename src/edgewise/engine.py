@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -60,10 +62,21 @@ def folder_artifact(folder: Path) -> Artifact:
     return Artifact(Path(folder), fingerprint(folder), {})
 
 
+@functools.cache
+def code_hash() -> str:
+    """Hash of edgewise's own code and data files: a change to either invalidates cached results."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".txt", ".json", ".jsonl") and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"edgewise": __version__}
+    found = {"edgewise": f"{__version__}+{code_hash()}"}
     for name in ("torch", "transformers", "peft", "onnx", "onnxruntime", "onnxruntime-genai"):
         try:
             found[name] = version(name)

@@ -1,6 +1,7 @@
 """quantize: int4/int8 weight-only quantization (AWQ, GPTQ, RTN) into a GPTQ-format Hugging Face folder."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,9 +37,15 @@ class QuantizeConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
+def default_calibration() -> list[str]:
+    """English prose shipped with edgewise (data/calibration.jsonl; data/NOTICE says what it holds)."""
+    lines = resources.files("edgewise").joinpath("data/calibration.jsonl").read_text().splitlines()
+    return [json.loads(line)["text"] for line in lines if line.strip()]
+
+
 def calibration_texts(config, tokenizer) -> list[str]:
     if not config.data_files:
-        return [resources.files("edgewise").joinpath("data/calibration.txt").read_text()]
+        return default_calibration()
     records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template)
     return datasets.texts(records, formatter, tokenizer)
 

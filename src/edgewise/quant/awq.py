@@ -2,9 +2,12 @@
 
 For a group of linears reading the same input X, search s = x_mean^a / w_mean^(1-a) over a grid of a, scale the
 weights' input channels by s (folding 1/s into the module that produces X) and keep the s whose quantized weights
-minimise the output error ||X (Q(W s)/s - W)^T||^2. Then, per output row and weight group, shrink the quantization range
-by the ratio that minimises the same error. Both errors are computed exactly from the Gram matrix of X."""
+minimise the error of the block they feed: the MLP's output for gate/up (as in the paper), the linears' own outputs
+||X (Q(W s)/s - W)^T||^2 elsewhere, computed exactly from the Gram matrix of X. Then, per output row and weight group,
+shrink the quantization range by the ratio that minimises the linear's output error."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -16,26 +19,51 @@ def output_error(delta: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     return ((delta @ gram) * delta).sum()
 
 
-def search_scale(weights: list[torch.Tensor], x_mean: torch.Tensor, gram: torch.Tensor, spec: QuantSpec,
+def search_scale(weights: list[torch.Tensor], x_mean: torch.Tensor, error: Callable[[torch.Tensor], torch.Tensor],
                  group_size: int, n_grid: int = 20) -> torch.Tensor:
-    """The per-input-channel scale s for linears sharing one input; ones when no scaling helps."""
+    """The per-input-channel scale s of least `error(s)` for linears sharing one input; ones when no scaling helps."""
     w = torch.cat([t.float() for t in weights], 0)
     wg = w.abs().reshape(w.shape[0], -1, group_size)
     w_mean = (wg / (wg.amax(-1, keepdim=True) + 1e-6)).reshape(w.shape).mean(0)
-    best_s, best_err = torch.ones_like(x_mean), _scaled_error(w, torch.ones_like(x_mean), gram, spec, group_size)
+    best_s = torch.ones_like(x_mean)
+    best_err = error(best_s)
     for i in range(n_grid):
         ratio = i / n_grid
         s = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()
-        err = _scaled_error(w, s, gram, spec, group_size)
+        err = error(s)
         if err < best_err:
             best_s, best_err = s, err
     return best_s
 
 
-def _scaled_error(w, s, gram, spec, group_size) -> torch.Tensor:
-    q = rtn(w * s, spec, group_size).dequantize() / s
-    return output_error(q - w, gram)
+def scaled(w: torch.Tensor, s: torch.Tensor, spec: QuantSpec, group_size: int) -> torch.Tensor:
+    """The weight the model computes with after scaling by s, round-to-nearest quantization and unscaling."""
+    return rtn(w.float() * s, spec, group_size).dequantize() / s
+
+
+def linear_error(weights: list[torch.Tensor], gram: torch.Tensor, spec: QuantSpec, group_size: int):
+    """error(s): the summed output error of the linears, exactly, from the Gram matrix of their input."""
+    w = torch.cat([t.float() for t in weights], 0)
+    return lambda s: output_error(scaled(w, s, spec, group_size) - w, gram)
+
+
+def block_error(block: torch.nn.Module, linears: list[torch.nn.Linear], x: torch.Tensor, spec: QuantSpec,
+                group_size: int):
+    """error(s): the squared error of `block(x)` with the linears' weights scaled and quantized."""
+    originals = [linear.weight.data for linear in linears]
+    reference = block(x)
+
+    def error(s: torch.Tensor) -> torch.Tensor:
+        try:
+            for linear, w in zip(linears, originals):
+                linear.weight.data = scaled(w, s, spec, group_size).to(w.dtype)
+            return (block(x) - reference).float().pow(2).sum()
+        finally:
+            for linear, w in zip(linears, originals):
+                linear.weight.data = w
+
+    return error
 
 
 def clip_quantize(w: torch.Tensor, gram: torch.Tensor, spec: QuantSpec, group_size: int,

@@ -78,18 +78,24 @@ def run_layer(layer, hidden: list[torch.Tensor], kwargs: dict) -> list[torch.Ten
     return out
 
 
-def layer_stats(layer, names: list[str], hidden: list[torch.Tensor], kwargs: dict) -> dict[str, InputStats]:
-    """Input statistics of the named linears of one decoder layer, over all calibration batches."""
-    stats, handles = {}, []
+def layer_stats(layer, names: list[str], hidden: list[torch.Tensor], kwargs: dict, blocks: tuple[str, ...] = (),
+                max_tokens: int = 4096) -> tuple[dict[str, InputStats], dict[str, torch.Tensor]]:
+    """Input statistics of the named linears of one decoder layer over all calibration batches, and the inputs of the
+    named token-wise `blocks` (every k-th token, at most about `max_tokens` of them)."""
+    stats, captured, handles = {}, {b: [] for b in blocks}, []
+    stride = -(-sum(h.shape[0] * h.shape[1] for h in hidden) // max_tokens)
     for name in names:
         module = layer.get_submodule(name)
         n = module.in_features
         dev = module.weight.device
         stats[name] = InputStats(torch.zeros(n, n, device=dev), torch.zeros(n, device=dev))
         handles.append(module.register_forward_hook(lambda _m, inp, _o, s=stats[name]: s.add(inp[0].detach())))
+    for name in blocks:
+        handles.append(layer.get_submodule(name).register_forward_pre_hook(
+            lambda _m, inp, keep=captured[name]: keep.append(inp[0].detach().reshape(-1, inp[0].shape[-1])[::stride])))
     try:
         run_layer(layer, hidden, kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    return stats
+    return stats, {name: torch.cat(xs) for name, xs in captured.items()}

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.archs import Arch, InputGroup, arch_for
-from edgewise.quant.awq import clip_quantize, search_scale
+from edgewise.quant.awq import block_error, clip_quantize, linear_error, search_scale
 from edgewise.quant.calib import first_layer_inputs, layer_stats, run_layer
 from edgewise.quant.gptq import gptq_quantize
 from edgewise.quant.int4 import QTensor, QuantSpec, effective_group_size, rtn
@@ -25,12 +25,13 @@ def quantize_model(model, windows: torch.Tensor | None, spec: QuantSpec, algorit
     for i, layer in enumerate(tqdm(layers, desc=f"{algorithm} int{spec.bits}", unit="layer", leave=False)):
         grams = {}
         if algorithm != "rtn":
-            stats = layer_stats(layer, [g.linears[0] for g in arch.groups], hidden, kwargs)
+            blocks = tuple(g.block for g in arch.groups if g.block) if algorithm == "awq" else ()
+            stats, block_inputs = layer_stats(layer, [g.linears[0] for g in arch.groups], hidden, kwargs, blocks)
             grams = {g: stats[g.linears[0]].gram for g in arch.groups}
         if algorithm == "awq":
             for group in arch.groups:
                 if group.prev:
-                    s = _awq_scale(layer, group, stats[group.linears[0]], spec, n_grid)
+                    s = _awq_scale(layer, group, stats[group.linears[0]], block_inputs.get(group.block), spec, n_grid)
                     _fold_scale(layer, group, s, arch)
                     grams[group] = grams[group] / torch.outer(s, s)
         for group in arch.groups:
@@ -53,10 +54,15 @@ def _quantize_linear(w, gram, spec, algorithm, name, arch: Arch, n_grid) -> QTen
     return rtn(w, spec, group_size)
 
 
-def _awq_scale(layer, group: InputGroup, stats, spec: QuantSpec, n_grid: int) -> torch.Tensor:
-    weights = [layer.get_submodule(n).weight for n in group.linears]
+def _awq_scale(layer, group: InputGroup, stats, block_input, spec: QuantSpec, n_grid: int) -> torch.Tensor:
+    linears = [layer.get_submodule(n) for n in group.linears]
+    weights = [linear.weight for linear in linears]
     group_size = effective_group_size(weights[0].shape[1], spec.group_size)
-    return search_scale(weights, stats.abs_mean, stats.gram, spec, group_size, n_grid)
+    if group.block:
+        error = block_error(layer.get_submodule(group.block), linears, block_input, spec, group_size)
+    else:
+        error = linear_error(weights, stats.gram, spec, group_size)
+    return search_scale(weights, stats.abs_mean, error, group_size, n_grid)
 
 
 def _fold_scale(layer, group: InputGroup, s: torch.Tensor, arch: Arch) -> None:
