@@ -24,7 +24,7 @@ def chain_models(cache: Path) -> dict[str, Path]:
     base = engine.folder_artifact(sources.resolve(None, cache))
     awq = engine.run_pass("quantize", base, QuantizeConfig(), cache)
     ft = engine.run_pass("finetune", awq, FinetuneConfig(data_files=str(ROOT / "examples" / "travel.jsonl")), cache)
-    with_lora = engine.run_pass("export", ft, ExportConfig(adapter_path=str(ft.path / "adapter")), cache)
+    with_lora = engine.run_pass("export", engine.folder_artifact(ft.path / "model"), ExportConfig(adapter_path=str(ft.path / "adapter")), cache)
     without = engine.run_pass("export", awq, ExportConfig(), cache)
     return {"base": base.path, "lora": with_lora.path / "model", "plain_export": without.path / "model"}
 

@@ -67,6 +67,6 @@ def test_output_path_holding_other_files_is_refused(tiny_llama, tmp_path, monkey
 
 
 def test_help_has_examples():
-    for command in ("quantize", "finetune", "auto-opt", "convert-adapters", "generate", "benchmark"):
+    for command in ("quantize", "finetune", "auto-opt", "convert-adapters", "generate", "benchmark", "serve", "chat"):
         done = edgewise(command, "--help")
         assert done.returncode == 0 and "examples:" in done.stdout

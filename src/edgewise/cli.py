@@ -36,6 +36,14 @@ EXAMPLES = {
   edgewise benchmark models/onnx/model                           # the base model
   edgewise benchmark models/onnx/model --adapter travel=models/onnx/model/adapter_weights.onnx_adapter \
       --prompt_tokens 256 --gen_tokens 128 --json                   # base, then with the adapter active""",
+    "serve": """examples:
+  edgewise serve models/onnx/model --adapter travel=models/onnx/model/adapter_weights.onnx_adapter
+  curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "travel", "messages": [{"role": "user", "content": "Best way to get around Tokyo?"}]}'
+  # any OpenAI client: base_url=http://127.0.0.1:8000/v1, model="base" or an adapter's name""",
+    "chat": """examples:
+  edgewise chat models/onnx/model --adapter travel=models/onnx/model/adapter_weights.onnx_adapter
+  # in the chat: /adapter travel | /adapter none | /reset | /exit""",
 }
 
 
@@ -122,8 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("generate", "generate with an exported model, optionally through an adapter")
     _common(p, model=False, output=False)
     p.add_argument("--model", required=True, help="the exported model folder (OUT/model)")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                   help="load an .onnx_adapter under NAME and use it (repeatable; the last one is active)")
+    _adapter_flag(p, "load an .onnx_adapter under NAME and use it (repeatable; the last one is active)")
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -133,12 +140,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("benchmark", "time to first token, decode tok/s and peak memory, without and with each adapter")
     _common(p, model=False, output=False)
     p.add_argument("model", help="the exported model folder (OUT/model)")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                   help="also measure with this .onnx_adapter active (repeatable)")
+    _adapter_flag(p, "also measure with this .onnx_adapter active (repeatable)")
     p.add_argument("--prompt_tokens", type=int, default=128, help="prompt length")
     p.add_argument("--gen_tokens", type=int, default=128, help="tokens generated per run")
     p.add_argument("--runs", type=int, default=3, help="timed runs (after one warm-up); medians are reported")
+
+    p = command("serve", "OpenAI-compatible HTTP server; a request's `model` picks the adapter (or 'base')")
+    _common(p, model=False, output=False)
+    p.add_argument("model", help="the exported model folder (OUT/model)")
+    _adapter_flag(p, "serve this .onnx_adapter as model NAME (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless you say otherwise)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (default: $EDGEWISE_API_KEY)")
+    p.add_argument("--parallel", type=int, default=4, help="generations run at once; more requests wait their turn")
+
+    p = command("chat", "interactive chat in the terminal, streamed, with adapter switching")
+    _common(p, model=False, output=False)
+    p.add_argument("model", help="the exported model folder (OUT/model)")
+    _adapter_flag(p, "load this .onnx_adapter as NAME (repeatable; the first one starts active)")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--system", default=None, help="system message")
     return parser
+
+
+def _adapter_flag(parser, help_text: str) -> None:
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help=help_text)
 
 
 def main(argv=None) -> int:

@@ -117,3 +117,29 @@ def benchmark(args) -> int:
             print(f"{r['adapter'] or '(base)':<16}{r['prompt_tokens']:>8}{r['gen_tokens']:>6}{r['ttft_ms']:>10.1f}"
                   f"{r['decode_tok_s']:>9.1f}{r['decode_ms_p50']:>9.2f}{r['decode_ms_p90']:>9.2f}{r['peak_rss_mb']:>9.0f}")
     return 0
+
+
+def serve(args) -> int:
+    import os
+
+    from edgewise.serve import serve as run_server
+
+    if not Path(args.model, "genai_config.json").is_file():
+        raise EdgewiseError(f"{args.model} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get("EDGEWISE_API_KEY")):
+        log.warning("serving on %s without an API key: anyone who can reach this address can use the model", args.host)
+    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", args.model, args.host, args.port)
+    run_server(args.model, named_adapters(args.adapter), args.host, args.port,
+               args.api_key or os.environ.get("EDGEWISE_API_KEY"), args.parallel)
+    return 0
+
+
+def chat(args) -> int:
+    from edgewise.chat import ChatSession
+    from edgewise.runtime import Runtime, Sampling
+
+    runtime = Runtime(args.model, named_adapters(args.adapter))
+    session = ChatSession(runtime, Sampling(args.max_new_tokens, args.temperature), args.system,
+                          runtime.names[0] if runtime.names else None)
+    session.loop(sys.stdin, sys.stdout)
+    return 0

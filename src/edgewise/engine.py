@@ -1,5 +1,5 @@
 """One engine under every command: a command is a list of (pass name, config) steps. Each step's output is cached
-under a hash of (input identity, pass, config, data-file fingerprints, library versions), written atomically, so a
+under a hash of (input identity, pass, config with data files by fingerprint, library versions), written atomically, so a
 repeated command takes seconds and an interrupted chain resumes where it stopped."""
 from __future__ import annotations
 
@@ -90,11 +90,12 @@ def config_dict(config) -> dict[str, Any]:
 
 
 def cache_key(artifact: Artifact, name: str, config) -> str:
-    files = {f.name: fingerprint(Path(getattr(config, f.name)))
-             for f in dataclasses.fields(config)
-             if f.metadata.get("path") and getattr(config, f.name) and Path(getattr(config, f.name)).exists()}
-    payload = {"input": artifact.id, "pass": name, "config": config_dict(config), "files": files, "versions": versions()}
-    return stable_hash(payload)
+    """Files named by the config count by content identity, not by path: moved or linked data hits the cache."""
+    values = config_dict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("path") and values[f.name] and Path(values[f.name]).exists():
+            values[f.name] = {"fingerprint": fingerprint(Path(values[f.name]))}
+    return stable_hash({"input": artifact.id, "pass": name, "config": values, "versions": versions()})
 
 
 @contextmanager

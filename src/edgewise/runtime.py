@@ -29,6 +29,8 @@ class Runtime:
         if not (model_dir / "genai_config.json").is_file():
             raise EdgewiseError(f"{model_dir} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
         self.model = og.Model(str(model_dir))
+        genai_config = json.loads((model_dir / "genai_config.json").read_text())
+        self.context_length = int(genai_config["model"]["context_length"])
         self.tokenizer = og.Tokenizer(self.model)
         self.adapters = og.Adapters(self.model)
         self.names: list[str] = []

@@ -1,0 +1,199 @@
+"""The OpenAI-compatible server, started as a real process and driven by the official `openai` client: models,
+chat and text completions (plain and streamed), stop sequences, errors with the right status, an API key, a bounded
+load test with mixed adapters, and a clean exit on SIGTERM."""
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import RECORDS
+from edgewise import engine, passes  # noqa: F401
+from edgewise.onnx_lora import ADAPTER_FILE, convert_adapter
+from edgewise.modeling import read_config
+from edgewise.passes.export import ExportConfig
+from edgewise.passes.finetune import FinetuneConfig
+from edgewise.runtime import Runtime, Sampling
+
+QUESTIONS = [r["prompt"] for r in RECORDS[:4]]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_llama, tiny_data, tmp_path_factory):
+    """An fp32 export of the tiny Llama with two adapters: 'one' (shipped with it) and 'two' (converted)."""
+    cache = tmp_path_factory.mktemp("serve-cache")
+    base = engine.folder_artifact(tiny_llama)
+    fts = [engine.run_pass("finetune", base, FinetuneConfig(data_files=str(tiny_data), max_steps=4, lora_r=4,
+                                                            learning_rate=2e-2, seed=seed), cache) for seed in (1, 2)]
+    export = engine.run_pass("export", engine.folder_artifact(fts[0].path / "model"), ExportConfig(adapter_path=str(fts[0].path / "adapter"),
+                                                             precision="fp32"), cache)
+    model = export.path / "model"
+    two = tmp_path_factory.mktemp("adapters") / "two.onnx_adapter"
+    convert_adapter(fts[1].path / "adapter", model, two, read_config(model))
+    return model, {"one": model / ADAPTER_FILE, "two": two}
+
+
+def _http(method, url, body: bytes | None = None):
+    """(status, parsed JSON) of a raw HTTP request, errors included."""
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model, adapters, *extra):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "edgewise", "serve", str(model), "--port", str(port), *extra]
+    for name, path in adapters.items():
+        cmd += ["--adapter", f"{name}={path}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if _http("GET", f"{url}/health")[0] == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    proc, url = _start(*model_dir)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0  # SIGTERM is a clean shutdown
+
+
+@pytest.fixture(scope="module")
+def expected(model_dir):
+    """Greedy answers computed in-process, without the server."""
+    runtime = Runtime(*model_dir)
+    return {(q, a): runtime.generate(q, a, Sampling(max_new_tokens=12)) for q in QUESTIONS for a in (None, "one", "two")}
+
+
+def _client(url, key="none"):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def _ask(client, model, question, **kw):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                          max_tokens=12, temperature=0, **kw)
+
+
+def test_models_and_answers_match_the_runtime(server, expected):
+    client = _client(server)
+    assert [m.id for m in client.models.list()] == ["base", "one", "two"]
+    for model, adapter in (("base", None), ("one", "one"), ("two", "two")):
+        reply = _ask(client, model, QUESTIONS[0])
+        assert reply.choices[0].message.content == expected[(QUESTIONS[0], adapter)]
+        assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 12
+    assert len({expected[(QUESTIONS[0], a)] for a in (None, "one", "two")}) == 3  # the adapters really differ
+
+
+def test_streaming_equals_the_plain_answer(server, expected):
+    client = _client(server)
+    stream = _ask(client, "two", QUESTIONS[1], stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected[(QUESTIONS[1], "two")]
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    completion = client.completions.create(model="base", prompt="Visit the old", max_tokens=6, temperature=0,
+                                           stream=True)
+    streamed = "".join(c.choices[0].text for c in completion)
+    plain = client.completions.create(model="base", prompt="Visit the old", max_tokens=6, temperature=0)
+    assert streamed == plain.choices[0].text and plain.choices[0].finish_reason == "length"
+
+
+def test_stop_sequence_cuts_the_answer(server, expected):
+    full = expected[(QUESTIONS[2], "one")]
+    stop = full.strip()[3:5]
+    reply = _ask(_client(server), "one", QUESTIONS[2], stop=[stop])
+    assert reply.choices[0].message.content == full[:full.find(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_bad_requests_get_openai_errors(server):
+    client = _client(server)
+    with pytest.raises(openai.NotFoundError) as info:
+        _ask(client, "nope", "hi")
+    assert info.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as info:
+        _ask(client, "base", "word " * 5000)
+    assert info.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="base", messages=[], max_tokens=4)
+    for body in (b"{not json", b'{"model": "base"}', b'{"model": "base", "prompt": "a", "max_tokens": -1}'):
+        status, reply = _http("POST", f"{server}/v1/completions", body)
+        assert status == 400 and "message" in reply["error"], reply
+    spec = _http("GET", f"{server}/openapi.json")[1]
+    assert {"/v1/models", "/v1/chat/completions", "/v1/completions"} <= set(spec["paths"])
+
+
+def test_api_key_is_required_when_set(model_dir):
+    proc, url = _start(*model_dir, "--api_key", "s3cret")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            _client(url, "wrong").models.list()
+        assert [m.id for m in _client(url, "s3cret").models.list()][0] == "base"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_sixteen_concurrent_clients_mixing_adapters(server, expected):
+    """For a fixed time, 16 clients each send requests with varying adapters: no errors, no adapter bleeding."""
+    errors, answers, deadline = [], [], time.time() + 8
+
+    def client_loop(i):
+        client, n = _client(server), i
+        while time.time() < deadline:
+            question, adapter = QUESTIONS[n % len(QUESTIONS)], (None, "one", "two")[n % 3]
+            try:
+                reply = _ask(client, adapter or "base", question)
+                answers.append(((question, adapter), reply.choices[0].message.content))
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and fails the test
+                errors.append(repr(exc))
+            n += 1
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(answers) >= 16
+    wrong = [(key, got) for key, got in answers if got != expected[key]]
+    assert not wrong, wrong[:3]
+
+
+def test_chat_keeps_the_conversation_and_switches_adapter(model_dir, expected):
+    model, adapters = model_dir
+    script = f"{QUESTIONS[0]}\n/adapter two\n{QUESTIONS[0]}\n/adapter nope\n/reset\n/exit\n"
+    cmd = [sys.executable, "-m", "edgewise", "chat", str(model), "--max_new_tokens", "12"]
+    for name, path in adapters.items():
+        cmd += ["--adapter", f"{name}={path}"]
+    done = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == expected[(QUESTIONS[0], "one")]  # the first adapter starts active
+    assert len(lines) == 2 and "adapter: two" in done.stderr and "unknown adapter 'nope'" in done.stderr
