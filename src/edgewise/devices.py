@@ -1,6 +1,8 @@
 """--device auto|cpu|cuda, resolved once."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from edgewise.errors import EdgewiseError
@@ -19,3 +21,11 @@ def resolve(device: str) -> str:
 def compute_dtype(device: str) -> torch.dtype:
     """bf16 on GPUs that support it (weights and activations; statistics stay fp32), fp32 on CPUs."""
     return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def autocast(device: str):
+    """Mixed precision for training on GPUs: weights stay fp32 (the exact dequantized values), matmuls run in bf16;
+    a no-op on CPUs."""
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

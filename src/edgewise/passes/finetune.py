@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -101,12 +102,14 @@ def run(artifact: Artifact, config: FinetuneConfig, out, work) -> dict:
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise EdgewiseError(f"cannot apply LoRA to {targets}: {str(exc).splitlines()[0]}") from exc
+    start = time.time()
     losses = train_loop(model, train, config, tokenizer.pad_token_id or 0, device, work)
+    train_seconds = round(time.time() - start, 2)
     model.save_pretrained(out / "adapter")
     _record_base(out / "adapter", artifact)
     link_tree(artifact.path, out / "model")
     metrics = {"train_loss_first": losses[0], "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
-               "examples": len(train), "targets": targets}
+               "examples": len(train), "targets": targets, "train_seconds": train_seconds}
     if held_out:
         metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
     return metrics
@@ -135,7 +138,8 @@ def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str
         total = 0.0
         for _ in range(config.gradient_accumulation_steps):
             batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
-            loss = model(**batch).loss / config.gradient_accumulation_steps
+            with devices.autocast(device):
+                loss = model(**batch).loss / config.gradient_accumulation_steps
             loss.backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -187,6 +191,7 @@ def eval_loss(model, examples, config: FinetuneConfig, pad_id: int, device: str)
     for start in range(0, len(examples), config.batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start:start + config.batch_size], pad_id).items()}
         n = int((batch["labels"][:, 1:] != datasets.IGNORE).sum())
-        total += model(**batch).loss.item() * n
+        with devices.autocast(device):
+            total += model(**batch).loss.item() * n
         count += n
     return total / max(count, 1)
