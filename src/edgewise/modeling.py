@@ -63,9 +63,9 @@ def load_model(folder: Path, dtype=torch.float32, device: str = "cpu", trust_rem
     del config.quantization_config
     from transformers.initialization import no_init_weights
 
-    with no_init_weights():
+    with no_init_weights(), torch.device(device):  # built, read and dequantized where it will run
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
-    state = dequantized_state(read_tensors(folder), qconfig["bits"])
+    state = dequantized_state(read_tensors(folder, device), qconfig["bits"])
     missing, _ = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing:
@@ -75,14 +75,14 @@ def load_model(folder: Path, dtype=torch.float32, device: str = "cpu", trust_rem
     return model.to(device).eval()
 
 
-def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+def read_tensors(folder: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise EdgewiseError(f"no .safetensors weights in {folder}")
     tensors = {}
     for file in files:
         try:
-            tensors.update(load_file(file))
+            tensors.update(load_file(file, device=device))
         except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
             raise EdgewiseError(f"cannot read {file}: {exc}") from exc
     return tensors

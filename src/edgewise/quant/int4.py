@@ -96,7 +96,7 @@ def _pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack [n, m] small ints along dim 0 into [n * bits / 32, m] int32."""
     per = 32 // bits
     v = values.to(torch.int64).reshape(-1, per, values.shape[1])
-    shifts = (torch.arange(per, dtype=torch.int64) * bits).view(1, per, 1)
+    shifts = (torch.arange(per, dtype=torch.int64, device=values.device) * bits).view(1, per, 1)
     packed = (v << shifts).sum(1)
     return packed.to(torch.uint32).view(torch.int32) if hasattr(torch, "uint32") else packed.to(torch.int32)
 
@@ -104,7 +104,7 @@ def _pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
 def _unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
     per = 32 // bits
     p = packed.to(torch.int64) & 0xFFFFFFFF
-    shifts = (torch.arange(per, dtype=torch.int64) * bits).view(1, per, 1)
+    shifts = (torch.arange(per, dtype=torch.int64, device=packed.device) * bits).view(1, per, 1)
     return ((p.unsqueeze(1) >> shifts) & (2**bits - 1)).reshape(-1, packed.shape[1])
 
 
