@@ -36,7 +36,8 @@ def tiny_tokenizer(folder: Path):
 
 
 def tiny_model(kind: str, folder: Path) -> Path:
-    from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config
+    from transformers import (AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
+                              Qwen3Config)
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = tiny_tokenizer(folder)
@@ -45,6 +46,14 @@ def tiny_model(kind: str, folder: Path) -> Path:
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if kind == "llama":
         config = LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common)
+    elif kind == "mistral":
+        config = MistralConfig(num_key_value_heads=2, tie_word_embeddings=False, sliding_window=None, **common)
+    elif kind == "qwen2":
+        config = Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=False, **common)
+    elif kind == "qwen3":
+        config = Qwen3Config(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, **common)
+    elif kind == "gemma":
+        config = GemmaConfig(num_key_value_heads=1, head_dim=16, tie_word_embeddings=True, **common)
     else:
         common["max_position_embeddings"] = 4096  # the builder's plain Phi-3 (4k) path, not LongRoPE
         config = Phi3Config(num_key_value_heads=4, tie_word_embeddings=False, original_max_position_embeddings=4096,
@@ -59,7 +68,10 @@ def tiny_model(kind: str, folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", params=["llama", "phi3"])
+FAMILIES = ["llama", "phi3", "mistral", "qwen2", "qwen3", "gemma"]
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
 def tiny(request, tmp_path_factory) -> Path:
     return tiny_model(request.param, tmp_path_factory.mktemp(request.param))
 
