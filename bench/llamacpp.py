@@ -45,7 +45,7 @@ def decode_speed(path: Path, prompt_tokens: int, gen_tokens: int, runs: int) -> 
         llm.reset()
         start = time.perf_counter()
         llm.eval(ids)
-        token = int(llm._scores[-1].argmax()) if llm.context_params.logits_all else llm.sample(temp=0.0)
+        token = llm.sample(temp=0.0)
         ttft = time.perf_counter() - start
         tick = time.perf_counter()
         for _ in range(gen_tokens - 1):
