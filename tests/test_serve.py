@@ -197,3 +197,12 @@ def test_chat_keeps_the_conversation_and_switches_adapter(model_dir, expected):
     lines = done.stdout.splitlines()
     assert lines[0] == expected[(QUESTIONS[0], "one")]  # the first adapter starts active
     assert len(lines) == 2 and "adapter: two" in done.stderr and "unknown adapter 'nope'" in done.stderr
+
+
+def test_sampling_with_a_seed_is_reproducible(server):
+    client = _client(server)
+    replies = [client.chat.completions.create(model="one", messages=[{"role": "user", "content": QUESTIONS[3]}],
+                                              max_tokens=12, temperature=1.5, top_p=0.95, seed=seed)
+               .choices[0].message.content for seed in (7, 7, 8, 9, 10)]
+    assert replies[0] == replies[1]
+    assert len(set(replies[1:])) > 1  # other seeds sample other answers
