@@ -20,7 +20,9 @@ EXAMPLES = {
   edgewise finetune --method lora --model_name_or_path models/awq --data_files travel.jsonl \\
       --max_steps 100 --output_path models/ft                     # chat template over prompt/response
   edgewise finetune --model_name_or_path models/awq --data_files data.csv --data_name csv \\
-      --text_template "<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>" --output_path models/ft""",
+      --text_template "<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>" --output_path models/ft
+  edgewise finetune --model_name_or_path models/awq --data_files travel.jsonl --nproc 2 \\
+      --output_path models/ft-ddp                                 # 2 processes (torchrun DDP: GPUs or CPU shares)""",
     "auto-opt": """examples:
   edgewise auto-opt --model_name_or_path models/ft/model --adapter_path models/ft/adapter \\
       --device cpu --provider CPUExecutionProvider --use_ort_genai --output_path models/onnx

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from edgewise import datasets, devices
+from edgewise import datasets, devices, distributed
 from edgewise.archs import arch_for
 from edgewise.engine import Artifact, register
 from edgewise.errors import EdgewiseError
@@ -44,6 +44,9 @@ class FinetuneConfig:
     eval_split: float = field(default=0.0, metadata={"help": "fraction of records held out for an eval loss"})
     save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (an interrupted run resumes)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
+    nproc: int = field(default=1, metadata={
+        "help": "processes (torchrun DDP: one per GPU, or shares of the CPU cores); each step's micro-batches are "
+                "split among them"})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
 
@@ -88,13 +91,26 @@ def batches(examples: list[dict], size: int, seed: int):
 
 @register("finetune", FinetuneConfig)
 def run(artifact: Artifact, config: FinetuneConfig, out, work) -> dict:
+    if config.nproc > 1:
+        metrics = distributed.launch(config.nproc, artifact.path, config, out, work)
+    else:
+        metrics = train_and_save(artifact.path, config, out, work)
+    _record_base(out / "adapter", artifact)
+    link_tree(artifact.path, out / "model")
+    return metrics
+
+
+def train_and_save(model_path, config: FinetuneConfig, out, work) -> dict:
+    """Train the LoRA adapter and write `out/adapter`; in a torchrun worker, as one rank of DDP (rank 0 writes)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)
     device = devices.resolve(config.device)
-    tokenizer = load_tokenizer(artifact.path)
+    if distributed.launched():
+        device = distributed.setup(device)
+    tokenizer = load_tokenizer(model_path)
     train, held_out = prepare_data(config, tokenizer)
-    model = load_model(artifact.path, torch.float32, device)
+    model = load_model(model_path, torch.float32, device)
     targets = lora_targets(config, model)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
@@ -102,16 +118,16 @@ def run(artifact: Artifact, config: FinetuneConfig, out, work) -> dict:
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise EdgewiseError(f"cannot apply LoRA to {targets}: {str(exc).splitlines()[0]}") from exc
+    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed.world() > 1 else model
     start = time.time()
-    losses = train_loop(model, train, config, tokenizer.pad_token_id or 0, device, work)
-    train_seconds = round(time.time() - start, 2)
-    model.save_pretrained(out / "adapter")
-    _record_base(out / "adapter", artifact)
-    link_tree(artifact.path, out / "model")
+    losses = train_loop(trained, train, config, tokenizer.pad_token_id or 0, device, work)
     metrics = {"train_loss_first": losses[0], "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
-               "examples": len(train), "targets": targets, "train_seconds": train_seconds}
-    if held_out:
-        metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
+               "examples": len(train), "targets": targets, "train_seconds": round(time.time() - start, 2),
+               "processes": distributed.world()}
+    if distributed.rank() == 0:
+        model.save_pretrained(out / "adapter")
+        if held_out:
+            metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
     return metrics
 
 
@@ -129,19 +145,23 @@ def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(
         0.0, (config.max_steps - s) / max(1, config.max_steps - warmup))))
     step, losses = _resume(model, optimizer, schedule, work)
+    per_step = config.gradient_accumulation_steps * distributed.world()  # micro-batches per optimizer step, all ranks
     stream = batches(examples, config.batch_size, config.seed)
-    for _ in range(step * config.gradient_accumulation_steps):
+    for _ in range(step * per_step):
         next(stream)
     model.train()
-    bar = tqdm(total=config.max_steps, initial=step, desc="finetune", unit="step", leave=False)
+    bar = tqdm(total=config.max_steps, initial=step, desc="finetune", unit="step", leave=False,
+               disable=distributed.rank() > 0)
     while step < config.max_steps:
         total = 0.0
-        for _ in range(config.gradient_accumulation_steps):
-            batch = {k: v.to(device) for k, v in collate(next(stream), pad_id).items()}
+        mine = [next(stream) for _ in range(per_step)][distributed.rank()::distributed.world()]
+        for micro in mine:
+            batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
             with devices.autocast(device):
                 loss = model(**batch).loss / config.gradient_accumulation_steps
-            loss.backward()
+            loss.backward()  # DDP averages the gradients over the ranks
             total += loss.item()
+        total = distributed.mean(total)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
@@ -150,7 +170,7 @@ def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str
         losses.append(total)
         bar.set_postfix(loss=f"{total:.3f}")
         bar.update(1)
-        if step % config.save_steps == 0 and step < config.max_steps:
+        if step % config.save_steps == 0 and step < config.max_steps and distributed.rank() == 0:
             _checkpoint(model, optimizer, schedule, step, losses, work)
     bar.close()
     if not all(math.isfinite(x) for x in losses):

@@ -1,0 +1,31 @@
+"""Finetuning in 2 processes (torchrun, DDP over gloo on the CPU) learns what one process learns with twice the
+gradient accumulation: same losses, same adapter weights (up to float summation order)."""
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from edgewise import engine, passes  # noqa: F401
+from edgewise.passes.finetune import FinetuneConfig
+from test_cli_errors import edgewise
+
+
+def test_two_processes_learn_like_one(tiny_llama, tiny_data, tmp_path):
+    common = dict(data_files=str(tiny_data), max_steps=5, lora_r=4, learning_rate=1e-2, lora_dropout=0.0,
+                  device="cpu")
+    art = engine.folder_artifact(tiny_llama)
+    one = engine.run_pass("finetune", art, FinetuneConfig(gradient_accumulation_steps=2, **common), tmp_path / "c1")
+    out = tmp_path / "ddp"
+    done = edgewise("finetune", "-m", str(tiny_llama), "--nproc", "2", "--gradient_accumulation_steps", "1",
+                    *[f"--{k}={v}" for k, v in common.items()], "--output_path", str(out),
+                    "--cache_dir", str(tmp_path / "c2"), "--json")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)["metrics"]
+    assert metrics["processes"] == 2 and one.manifest["metrics"]["processes"] == 1
+    for key in ("train_loss_first", "train_loss_last"):
+        assert abs(metrics[key] - one.manifest["metrics"][key]) < 1e-4, (key, metrics, one.manifest["metrics"])
+    a = load_file(str(one.path / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in b.items() if "lora_B" in k)  # it did learn
