@@ -1,7 +1,9 @@
 """GPU benchmark (issue 3): a Phi-3.5-mini-shaped model (the real config: 3.8B parameters, LongRoPE; random
 weights, a word-level tokenizer of the real vocabulary size) through quantize (AWQ int4 g32) and finetune (LoRA,
 100 steps, batch 1, 1024-token examples) on one GPU; wall time and peak GPU memory per step. Offline.
-Usage: python bench/gpu_phi35.py WORK_DIR [--steps 100] [--skip_export]"""
+With --tokenizer DIR (a Hugging Face tokenizer onnxruntime-genai can read, e.g. the default model's), that tokenizer
+and its vocabulary size are used instead, so that the exported model can be loaded (the word-level one cannot).
+Usage: python bench/gpu_phi35.py WORK_DIR [--steps 100] [--skip_export] [--tokenizer DIR]"""
 import argparse
 import json
 import subprocess
@@ -41,28 +43,43 @@ def word_tokenizer(folder: Path):
     fast.save_pretrained(folder)
 
 
-def build_model(folder: Path) -> None:
-    from transformers import Phi3Config, Phi3ForCausalLM
+def build_model(folder: Path, tokenizer: Path | None) -> None:
+    from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
 
+    shape = dict(PHI35)
+    if tokenizer:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        tok.save_pretrained(folder)
+        shape.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     short = [1.0] * 48
     long = [1.0 + i / 48 for i in range(48)]
-    config = Phi3Config(**PHI35, rope_scaling={"type": "longrope", "short_factor": short, "long_factor": long})
+    config = Phi3Config(**shape, rope_scaling={"type": "longrope", "short_factor": short, "long_factor": long})
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = Phi3ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder)
-    word_tokenizer(folder)
+    if not tokenizer:
+        word_tokenizer(folder)
     del model
     torch.cuda.empty_cache()
 
 
-def data_file(path: Path, n: int = 64, words: int = 1000) -> None:
+def data_file(path: Path, tokenizer: Path | None, n: int = 64, words: int = 1000) -> None:
+    """n records of about `words` tokens each (random tokens)."""
     g = torch.Generator().manual_seed(0)
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        text = lambda ids: tok.decode(ids)  # noqa: E731
+        high = len(tok) - 100
+    else:
+        text, high = (lambda ids: " ".join(f"w{i}" for i in ids)), 32000  # noqa: E731
     with path.open("w") as f:
         for _ in range(n):
-            ids = torch.randint(100, 32000, (words,), generator=g).tolist()
-            f.write(json.dumps({"prompt": " ".join(f"w{i}" for i in ids[:24]),
-                                "response": " ".join(f"w{i}" for i in ids[24:])}) + "\n")
+            ids = torch.randint(100, high, (words,), generator=g).tolist()
+            f.write(json.dumps({"prompt": text(ids[:24]), "response": text(ids[24:])}) + "\n")
 
 
 def timed(label, fn, rows):
@@ -81,11 +98,12 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--skip_export", action="store_true")
+    parser.add_argument("--tokenizer", type=Path, default=None)
     args = parser.parse_args()
     folder, cache, rows = args.work / "phi35-random", args.work / "cache", []
     if not (folder / "config.json").is_file():
-        timed("build random model (not a pass)", lambda: build_model(folder), rows)
-    data_file(args.work / "data.jsonl")
+        timed("build random model (not a pass)", lambda: build_model(folder, args.tokenizer), rows)
+    data_file(args.work / "data.jsonl", args.tokenizer)
     base = engine.folder_artifact(folder)
     awq = timed("quantize (AWQ int4 g32, 16x512 calibration tokens)", lambda: engine.run_pass(
         "quantize", base, QuantizeConfig(device="cuda", data_files=str(args.work / "data.jsonl")), cache), rows)
