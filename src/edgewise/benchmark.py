@@ -36,13 +36,9 @@ def synthetic_prompt(runtime: Runtime, n: int) -> list[int]:
 
 def one_run(runtime: Runtime, ids: list[int], gen_tokens: int, adapter: str | None) -> tuple[float, list[float]]:
     """Seconds to the first token, then the seconds of each further token."""
-    og = runtime.og
-    params = og.GeneratorParams(runtime.model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + gen_tokens, min_length=len(ids) + gen_tokens)
     start = time.perf_counter()
-    generator = og.Generator(runtime.model, params)
-    if adapter is not None:
-        generator.set_active_adapter(runtime.adapters, adapter)
+    total = len(ids) + gen_tokens
+    generator = runtime.generator(total, adapter, do_sample=False, min_length=total)
     generator.append_tokens(ids)
     generator.generate_next_token()
     ttft = time.perf_counter() - start
@@ -71,11 +67,10 @@ def measure(runtime: Runtime, adapter: str | None, prompt_tokens: int = 128, gen
 
 
 def peak_rss_mb() -> float:
+    """The process's peak resident memory: psutil reports it on Windows, getrusage (in kB) on Linux."""
     info = psutil.Process().memory_info()
-    return getattr(info, "peak_wset", None) and info.peak_wset / 2**20 or _ru_maxrss_mb()
-
-
-def _ru_maxrss_mb() -> float:
+    if hasattr(info, "peak_wset"):
+        return info.peak_wset / 2**20
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

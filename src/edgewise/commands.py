@@ -124,11 +124,8 @@ def serve(args) -> int:
 
     from edgewise.serve import serve as run_server
 
-    if not Path(args.model, "genai_config.json").is_file():
-        raise EdgewiseError(f"{args.model} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get("EDGEWISE_API_KEY")):
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model", args.host)
-    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", args.model, args.host, args.port)
     run_server(args.model, named_adapters(args.adapter), args.host, args.port,
                args.api_key or os.environ.get("EDGEWISE_API_KEY"), args.parallel)
     return 0

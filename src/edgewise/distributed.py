@@ -62,7 +62,7 @@ def launch(nproc: int, model: Path, config, out: Path, work: Path) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
            "127.0.0.1", "--master_port", str(port), "-m", "edgewise.distributed", str(job)]
     log_path = work / "torchrun.log"

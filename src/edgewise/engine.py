@@ -73,7 +73,9 @@ def code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
 def versions() -> dict[str, str]:
+    """edgewise (with its code hash) and the library versions that shape results; read once per process."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"edgewise": f"{__version__}+{code_hash()}"}

@@ -55,23 +55,25 @@ class Runtime:
         for _, piece in self.stream_tokens(ids, adapter, sampling):
             yield piece
 
-    def stream_tokens(self, ids, adapter=None, sampling: Sampling = Sampling()):
-        og = self.og
+    def generator(self, max_length: int, adapter: str | None = None, **search):
+        """A generator with its search options set and the adapter active; activation must precede append_tokens,
+        or the prompt is processed without the adapter."""
         if adapter is not None and adapter not in self.names:
             raise EdgewiseError(f"unknown adapter '{adapter}' (loaded: {', '.join(self.names) or 'none'})")
-        params = og.GeneratorParams(self.model)
-        options = {"max_length": len(ids) + sampling.max_new_tokens}
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max_length, **search)
+        generator = self.og.Generator(self.model, params)
+        if adapter is not None:
+            generator.set_active_adapter(self.adapters, adapter)
+        return generator
+
+    def stream_tokens(self, ids, adapter=None, sampling: Sampling = Sampling()):
+        options = {"do_sample": sampling.temperature > 0}
         if sampling.temperature > 0:
-            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=sampling.top_k)
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
             if sampling.seed is not None:
                 options["random_seed"] = sampling.seed
-        else:
-            options["do_sample"] = False
-        params.set_search_options(**options)
-        generator = og.Generator(self.model, params)
-        if adapter is not None:  # must precede append_tokens, or the prompt is processed without it
-            generator.set_active_adapter(self.adapters, adapter)
+        generator = self.generator(len(ids) + sampling.max_new_tokens, adapter, **options)
         generator.append_tokens(ids)
         decoder = self.tokenizer.create_stream()
         while not generator.is_done():

@@ -64,7 +64,7 @@ class Server:
     """The loaded model, the served names and the limits every request is checked against."""
 
     def __init__(self, runtime: Runtime, parallel: int = 4):
-        self.runtime, self.context_length = runtime, runtime.context_length
+        self.runtime = runtime
         self.slots = threading.Semaphore(parallel)
 
     def models(self) -> list[str]:
@@ -77,9 +77,10 @@ class Server:
         return None if model == BASE else model
 
     def sampling(self, body: _Options, prompt_len: int) -> Sampling:
-        room = self.context_length - prompt_len
+        context = self.runtime.context_length
+        room = context - prompt_len
         if room < 1:
-            raise APIError(400, f"the prompt has {prompt_len} tokens; this model's context is {self.context_length}",
+            raise APIError(400, f"the prompt has {prompt_len} tokens; this model's context is {context}",
                            "context_length_exceeded", "messages" if isinstance(body, ChatRequest) else "prompt")
         return Sampling(min(body.max_tokens or room, room), body.temperature, body.top_p, seed=body.seed)
 
@@ -215,7 +216,7 @@ def create_app(server: Server, api_key: str | None = None) -> FastAPI:
 
 
 def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "invalid_request_error"}.get(status, "invalid_request_error")
+    kind = "authentication_error" if status == 401 else "invalid_request_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
@@ -227,6 +228,7 @@ def serve(model_dir, adapters: dict[str, str], host: str = "127.0.0.1", port: in
     import uvicorn
 
     server = Server(Runtime(model_dir, adapters), parallel)
+    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", model_dir, host, port)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
     signal.signal(signal.SIGTERM, lambda *_: log.info("stopped (SIGTERM)"))
