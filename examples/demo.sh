@@ -6,12 +6,14 @@ cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo-out}
 STEPS=${DEMO_STEPS:-100}
 QUESTION=${DEMO_QUESTION:-"What's a must-see in Paris?"}
+export EDGEWISE_REGISTRY=${EDGEWISE_REGISTRY:-$OUT/registry}   # the embedded model registry (SQLite + files)
 
 edgewise quantize --algorithm awq --output_path "$OUT/awq" --log_level 1
 edgewise finetune --method lora --model_name_or_path "$OUT/awq" --data_files examples/travel.jsonl \
   --max_steps "$STEPS" --output_path "$OUT/ft" --log_level 1
 edgewise auto-opt --model_name_or_path "$OUT/ft/model" --adapter_path "$OUT/ft/adapter" --device cpu \
-  --provider CPUExecutionProvider --use_ort_genai --output_path "$OUT/onnx" --log_level 1
+  --provider CPUExecutionProvider --use_ort_genai --output_path "$OUT/onnx" --log_level 1 \
+  --register ft-for-travel                     # step 4 of the lab: a new version in the registry, with its lineage
 
 echo
 echo "Q: $QUESTION"
@@ -20,3 +22,5 @@ edgewise generate --model "$OUT/onnx/model" --prompt "$QUESTION" --max_new_token
 echo "--- with the travel adapter:"
 edgewise generate --model "$OUT/onnx/model" --adapter "travel=$OUT/onnx/model/adapter_weights.onnx_adapter" \
   --prompt "$QUESTION" --max_new_tokens 80
+echo
+edgewise registry show ft-for-travel

@@ -81,7 +81,8 @@ def test_qlora_preset_quantizes_then_trains(tiny_llama, data_formats, tmp_path):
     qconfig = json.loads((out / "model" / "config.json").read_text())["quantization_config"]
     assert qconfig["quantizer"] == ["edgewise:awq"] and qconfig["bits"] == 4
     manifest = json.loads((out / "edgewise.json").read_text())
-    assert manifest["parent_manifest"] == "quantize"
+    assert [step["pass"] for step in manifest["lineage"]] == ["quantize", "finetune"]
+    assert manifest["source"] == str(tiny_llama) and manifest["lineage"][1]["metrics"]["examples"] == len(RECORDS)
 
 
 def test_convert_adapters_and_benchmark_on_one_base(tiny_llama, tiny_data, tmp_path):

@@ -1,4 +1,5 @@
 """The whole lab chain through the CLI on the real embedded default model (SmolLM2-135M-Instruct), few steps."""
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ def edgewise(*args, env):
 
 
 def test_lab_chain_on_the_default_model(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGEWISE_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EDGEWISE_CACHE": str(tmp_path / "cache"),
+           "EDGEWISE_REGISTRY": str(tmp_path / "registry")}
     data = str(ROOT / "examples" / "travel.jsonl")
     out = tmp_path / "models"
     edgewise("quantize", "--algorithm", "awq", "--num_samples", "4", "--output_path", str(out / "awq"), env=env)
@@ -28,8 +30,10 @@ def test_lab_chain_on_the_default_model(tmp_path):
     assert (out / "ft" / "model" / "model.safetensors").stat().st_ino == (out / "awq" / "model.safetensors").stat().st_ino
     edgewise("auto-opt", "--model_name_or_path", str(out / "ft" / "model"), "--adapter_path", str(out / "ft" / "adapter"),
              "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai",
-             "--output_path", str(out / "onnx"), env=env)
-    model = out / "onnx" / "model"
+             "--output_path", str(out / "onnx"), "--register", "ft-for-travel", env=env)
+    # the lab's last step: the registered version, pulled elsewhere, is the model and adapter that were exported
+    edgewise("registry", "pull", "ft-for-travel@1", "--to", str(tmp_path / "pulled"), env=env)
+    model = tmp_path / "pulled" / "model"
     adapter = model / "adapter_weights.onnx_adapter"
     assert adapter.is_file() and (model / "genai_config.json").is_file()
     question = ["--prompt", "What's a must-see in Paris?", "--max_new_tokens", "40"]
@@ -38,3 +42,6 @@ def test_lab_chain_on_the_default_model(tmp_path):
     assert base and tuned.strip() and tuned.strip() != base
     again = edgewise("quantize", "--algorithm", "awq", "--num_samples", "4", "--output_path", str(out / "awq"), env=env)
     assert "cached" in again.stderr
+    shown = json.loads(edgewise("registry", "show", "ft-for-travel", "--json", env=env).stdout)
+    assert [step["pass"] for step in shown["lineage"]] == ["quantize", "finetune", "export"]
+    assert shown["source"] == "SmolLM2-135M-Instruct (embedded)"

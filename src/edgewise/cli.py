@@ -43,6 +43,23 @@ EXAMPLES = {
   curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model": "travel", "messages": [{"role": "user", "content": "Best way to get around Tokyo?"}]}'
   # any OpenAI client: base_url=http://127.0.0.1:8000/v1, model="base" or an adapter's name""",
+    "registry": """examples:
+  edgewise registry push models/onnx --name ft-for-travel        # next version; --version N to choose it
+  edgewise registry list
+  edgewise registry show ft-for-travel@1 --json                  # files, sha256, lineage, metrics
+  edgewise registry alias ft-for-travel@1 production
+  edgewise registry pull ft-for-travel@production --to deploy/travel
+  edgewise registry push models/onnx --name ft-for-travel --registry mlflow:http://127.0.0.1:5000
+  # the embedded registry lives in $EDGEWISE_REGISTRY (default ~/.local/share/edgewise/registry)""",
+    "run": """examples:
+  edgewise run --config examples/search.yaml                     # search, report, best model in output_dir
+  edgewise run --config examples/search.yaml search.strategy=tpe search.max_trials=5 output_dir=out/tpe
+  edgewise quantize --algorithm gptq --output_path q --save_config flow.yaml && edgewise run --config flow.yaml
+workflow sections: input_model, data, passes, evaluators, goals, objectives, search, output_dir, cache_dir,
+register, registry; a pass or evaluator parameter given as a list (or {low, high, step, log}) is searched.""",
+    "cache": """examples:
+  edgewise cache ls
+  edgewise cache prune --max_size 20G                            # evict least recently used entries""",
     "chat": """examples:
   edgewise chat models/onnx/model --adapter travel=models/onnx/model/adapter_weights.onnx_adapter
   # in the chat: /adapter travel | /adapter none | /reset | /exit""",
@@ -90,6 +107,11 @@ def _common(parser, model=True, output=True) -> None:
         parser.add_argument("--trust_remote_code", action="store_true", help="allow code shipped with the model")
     if output:
         parser.add_argument("--output_path", "-o", required=True, help="folder to write")
+        parser.add_argument("--register", metavar="NAME", help="push the output to the registry as NAME's next version")
+        _registry_flag(parser)
+        parser.add_argument("--save_config", metavar="FILE", help="also write the equivalent workflow (YAML, or JSON "
+                            "for a .json name) for `edgewise run --config`")
+        parser.add_argument("--dry_run", action="store_true", help="print the equivalent workflow and run nothing")
     parser.add_argument("--cache_dir", help="cache folder (default: $EDGEWISE_CACHE or ~/.cache/edgewise)")
     parser.add_argument("--log_level", type=int, default=1, choices=(0, 1, 2, 3),
                         help="0 debug (with tracebacks), 1 info, 2 warning, 3 error")
@@ -156,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (default: $EDGEWISE_API_KEY)")
     p.add_argument("--parallel", type=int, default=4, help="generations run at once; more requests wait their turn")
 
+    p = command("run", "run a workflow file: passes, evaluators, goals and a search over pass parameters")
+    p.add_argument("--config", required=True, help="workflow file (.yaml, .yml or .json)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override the file, e.g. search.max_trials=4")
+    p.add_argument("--log_level", type=int, default=1, choices=(0, 1, 2, 3), help="0 debug .. 3 error")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+    p = command("cache", "list the cache's entries or evict the least recently used")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_text in (("ls", "entries with size and last use"), ("prune", "evict LRU entries to a size")):
+        a = actions.add_parser(name, help=help_text, description=help_text)
+        _common(a, model=False, output=False)
+        if name == "prune":
+            a.add_argument("--max_size", required=True, help="keep at most this much, e.g. 500M, 20G (0: empty)")
+
+    p = command("registry", "share and version outputs: push, list, show, pull, alias, delete")
+    _registry_parsers(p)
+
     p = command("chat", "interactive chat in the terminal, streamed, with adapter switching")
     _common(p, model=False, output=False)
     p.add_argument("model", help="the exported model folder (OUT/model)")
@@ -164,6 +203,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--system", default=None, help="system message")
     return parser
+
+
+def _registry_flag(parser) -> None:
+    parser.add_argument("--registry", metavar="URI", help="a folder (embedded registry), mlflow:http://HOST:PORT or "
+                        "hf://ORG (default: $EDGEWISE_REGISTRY or ~/.local/share/edgewise/registry)")
+
+
+def _registry_parsers(parser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name, help_text):
+        a = actions.add_parser(name, help=help_text, description=help_text)
+        _registry_flag(a)
+        a.add_argument("--log_level", type=int, default=1, choices=(0, 1, 2, 3), help="0 debug .. 3 error")
+        a.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+        return a
+
+    a = action("push", "store a folder as a new immutable version of NAME")
+    a.add_argument("folder", help="an output folder (e.g. of auto-opt)")
+    a.add_argument("--name", required=True)
+    a.add_argument("--version", type=int, help="version number (default: the next one)")
+    action("list", "versions in the registry (of one model when NAME is given)").add_argument("name", nargs="?")
+    action("show", "files, sizes, sha256, lineage and metrics of a version").add_argument(
+        "ref", metavar="NAME[@VERSION|@ALIAS]")
+    a = action("pull", "copy a version to a folder, verifying every checksum")
+    a.add_argument("ref", metavar="NAME[@VERSION|@ALIAS]")
+    a.add_argument("--to", required=True, help="folder to write (new or empty)")
+    a = action("alias", "point ALIAS (e.g. production) at a version")
+    a.add_argument("ref", metavar="NAME@VERSION")
+    a.add_argument("alias")
+    action("delete", "delete a version (NAME@VERSION) or a model with all its versions (NAME)").add_argument(
+        "ref", metavar="NAME[@VERSION|@ALIAS]")
 
 
 def _adapter_flag(parser, help_text: str) -> None:

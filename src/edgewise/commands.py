@@ -5,10 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-from edgewise import engine, onnx_lora, passes, sources  # noqa: F401  (passes registers the passes)
+from edgewise import engine, onnx_lora, plugins, sources
 from edgewise.cli import config_from
 from edgewise.errors import EdgewiseError
-from edgewise.fsutil import check_output_path
+from edgewise.fsutil import MANIFEST, check_output_path, stable_hash
 from edgewise.log import log
 from edgewise.modeling import quantization_config, read_config
 from edgewise.passes.export import ExportConfig
@@ -20,14 +20,48 @@ def _source(args, path=None) -> engine.Artifact:
     folder = sources.resolve(path or args.model_name_or_path, engine.cache_root(args.cache_dir),
                              args.trust_remote_code)
     read_config(folder, args.trust_remote_code)  # unsupported architectures stop here, before any work
-    return engine.folder_artifact(folder)
+    return engine.folder_artifact(folder, path or args.model_name_or_path or sources.DEFAULT_MODEL)
 
 
-def _run(args, artifact, steps) -> engine.Artifact:
+def _save_config(args, steps) -> bool:
+    """--save_config FILE writes the command's equivalent workflow; --dry_run prints it and runs nothing."""
+    if not (args.save_config or args.dry_run):
+        return False
+    import yaml
+
+    from edgewise.workflow import to_dict
+
+    flow = to_dict(steps, args.model_name_or_path, args.output_path)
+    flow.update({k: v for k, v in (("register", args.register), ("registry", args.registry),
+                                   ("cache_dir", args.cache_dir)) if v})
+    text = json.dumps(flow, indent=2) if str(args.save_config).endswith(".json") else yaml.safe_dump(flow, sort_keys=False)
+    if args.save_config:
+        Path(args.save_config).write_text(text)
+        log.info("wrote %s (run it with: edgewise run --config %s)", args.save_config, args.save_config)
+    if args.dry_run:
+        print(text, end="")
+    return bool(args.dry_run)
+
+
+def _run(args, artifact, steps) -> engine.Artifact | None:
+    if _save_config(args, steps):
+        return None
+    plugins.load_all()
     check_output_path(Path(args.output_path))
+    if args.register:  # a bad name or registry stops the command before any work
+        from edgewise.registry import check_name, open_registry
+
+        check_name(args.register)
+        open_registry(args.registry)
     result = engine.run_steps(artifact, steps, engine.cache_root(args.cache_dir))
     out = engine.publish(result, Path(args.output_path))
     report = {"output_path": str(out), "pass": result.manifest["pass"], "metrics": result.manifest["metrics"]}
+    if args.register:
+        from edgewise.registry import open_registry
+
+        pushed = open_registry(args.registry).push(out, args.register)
+        report["registered"] = f"{pushed['name']}@{pushed['version']}"
+        log.info("registered %s", report["registered"])
     print(json.dumps(report, indent=2) if args.json else out)
     return result
 
@@ -139,4 +173,84 @@ def chat(args) -> int:
     session = ChatSession(runtime, Sampling(args.max_new_tokens, args.temperature), args.system,
                           runtime.names[0] if runtime.names else None)
     session.loop(sys.stdin, sys.stdout)
+    return 0
+
+
+def registry(args) -> int:
+    from edgewise import registry as reg
+
+    store = reg.open_registry(args.registry)
+    if args.action == "push":
+        result = store.push(Path(args.folder), args.name, args.version)
+        text = f"{result['name']}@{result['version']}"
+    elif args.action == "list":
+        result = store.list(args.name)
+        text = reg.format_list(result)
+    elif args.action == "pull":
+        result, path = store.pull(*reg.parse_ref(args.ref), Path(args.to))
+        text = str(path)
+    elif args.action == "alias":
+        name, ref = reg.parse_ref(args.ref)
+        if not ref:
+            raise EdgewiseError(f"alias needs the version it points at: NAME@VERSION, got '{args.ref}'")
+        result = store.alias(name, ref, args.alias)
+        text = f"{args.alias} -> {name}@{result['version']}"
+    elif args.action == "delete":
+        name, ref = reg.parse_ref(args.ref)
+        result = store.delete(name, ref)
+        text = "deleted " + ", ".join(f"{name}@{v}" for v in result)
+    else:
+        result = store.show(*reg.parse_ref(args.ref))
+        text = reg.format_record(result)
+    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    return 0
+
+
+def run(args) -> int:
+    from edgewise import report, search, workflow
+    from edgewise.fsutil import atomic_dir, link_tree
+
+    flow = workflow.load(args.config, args.overrides)
+    out = Path(flow.settings.output_dir)
+    check_output_path(out)
+    runner = search.Runner(flow)
+    runner.run()
+    winner = search.best(runner.candidates, runner.objectives)
+    with atomic_dir(out) as tmp:
+        if winner:
+            link_tree(Path(winner.path), tmp / "best")
+        summary = report.write(tmp, runner, winner, str(args.config))
+        marker = {"id": stable_hash(summary["candidates"]), "pass": "run", "workflow": str(args.config)}
+        (tmp / MANIFEST).write_text(json.dumps(marker, indent=2))  # marks the folder as edgewise's to replace
+    log.info("report: %s", out / "report.html")
+    if not winner:
+        counts = {s: sum(c.status == s for c in runner.candidates) for s in ("pruned", "failed")}
+        raise EdgewiseError(f"no candidate met the goals ({counts['pruned']} pruned by a goal, {counts['failed']} "
+                            f"failed); see {out / 'report.html'}")
+    if flow.settings.register:
+        from edgewise.registry import open_registry
+
+        pushed = open_registry(flow.settings.registry).push(out / "best", flow.settings.register)
+        log.info("registered %s@%s", pushed["name"], pushed["version"])
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(f"best: trial {winner.trial} {json.dumps(winner.params)} {json.dumps(winner.metrics)}")
+        print(out / "best")
+    return 0
+
+
+def cache(args) -> int:
+    from edgewise import cache as cachectl
+
+    root = engine.cache_root(args.cache_dir)
+    if args.action == "prune":
+        found = [cachectl.describe(e) for e in cachectl.prune(root, cachectl.parse_size(args.max_size))]
+        text = f"evicted {len(found)} entries ({sum(e['size_mb'] for e in found):.1f} MB)"
+    else:
+        found = [cachectl.describe(e) for e in cachectl.entries(root)]
+        lines = [f"{'pass':<10}{'size MB':>10}  {'last used':<18}path"]
+        lines += [f"{e['pass']:<10}{e['size_mb']:>10.1f}  {e['last_used']:<18}{e['path']}" for e in found]
+        text = "\n".join(lines + [f"total {sum(e['size_mb'] for e in found):.1f} MB in {root}"])
+    print(json.dumps(found, indent=2) if args.json else text)
     return 0

@@ -148,10 +148,32 @@ def tokenize(records: list[dict], formatter: Formatter, tokenizer, max_length: i
     return examples
 
 
+def select(records: list[dict], split: str | None) -> list[dict]:
+    """`START:STOP` of the records, each bound an index or a percentage: ':80%' trains, '80%:' holds out."""
+    if not split:
+        return records
+    bounds = split.split(":")
+    if len(bounds) != 2:
+        raise EdgewiseError(f"data split '{split}': use START:STOP, e.g. ':80%' or '80%:' or '0:200'")
+
+    def bound(text: str, default: int) -> int:
+        text = text.strip()
+        try:
+            return default if not text else (round(len(records) * float(text[:-1]) / 100) if text.endswith("%")
+                                             else int(text))
+        except ValueError:
+            raise EdgewiseError(f"data split '{split}': '{text}' is neither an index nor a percentage") from None
+
+    chosen = records[bound(bounds[0], 0):bound(bounds[1], len(records))]
+    if not chosen:
+        raise EdgewiseError(f"data split '{split}' selects none of the {len(records)} records")
+    return chosen
+
+
 def load_formatted(path, data_name: str, text_template: str | None, prompt_column: str = "prompt",
-                   response_column: str = "response") -> tuple[list[dict], Formatter]:
+                   response_column: str = "response", split: str | None = None) -> tuple[list[dict], Formatter]:
     """Records of a data file and the checked Formatter that renders them (a command-line template is unescaped)."""
-    records = load_records(path, data_name)
+    records = select(load_records(path, data_name), split)
     formatter = Formatter(unescape(text_template) if text_template else None, prompt_column, response_column)
     formatter.check(records, path)
     return records, formatter

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgewise import __version__
-from edgewise.fsutil import MANIFEST, atomic_dir, check_output_path, fingerprint, link_tree, stable_hash
+from edgewise.fsutil import (MANIFEST, atomic_dir, check_output_path, file_sha256, fingerprint, link_tree,
+                             stable_hash)
 from edgewise.log import log
 
 
@@ -35,7 +36,7 @@ def register(name: str, config_cls: type):
     """Decorator: make `fn(artifact, config, out_dir, work_dir)` the pass called `name`."""
 
     def wrap(fn):
-        PASSES[name] = Pass(name, config_cls, fn)
+        fn.edgewise_plugin = PASSES[name] = Pass(name, config_cls, fn)
         return fn
 
     return wrap
@@ -53,13 +54,22 @@ def cache_root(explicit: str | Path | None = None) -> Path:
     return Path(root).expanduser()
 
 
-def folder_artifact(folder: Path) -> Artifact:
-    """An input folder: identified by its edgewise manifest when it has one, else by names, sizes and times."""
-    manifest_path = Path(folder) / MANIFEST
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        return Artifact(Path(folder), manifest["id"], manifest)
-    return Artifact(Path(folder), fingerprint(folder), {})
+def folder_artifact(folder: Path, source: str | None = None) -> Artifact:
+    """An input folder: identified by its edgewise manifest when it has one (or its parent has, as for a finetune's
+    OUT/model), else by names, sizes and times; `source` names where a folder without a manifest came from."""
+    folder = Path(folder)
+    for owner, suffix in ((folder, ""), (folder.parent, f"/{folder.name}")):
+        if (owner / MANIFEST).is_file():
+            manifest = json.loads((owner / MANIFEST).read_text())
+            return Artifact(folder, manifest["id"] + suffix, manifest)
+    return Artifact(folder, fingerprint(folder), {"source": source or str(folder)})
+
+
+def lineage_of(artifact: Artifact, name: str, key: str, config, metrics: dict, seconds: float) -> dict:
+    """The source model and every step since, carried in each manifest so a folder explains itself anywhere."""
+    step = {"pass": name, "id": key, "config": config_dict(config), "metrics": metrics, "seconds": seconds}
+    return {"source": artifact.manifest.get("source", str(artifact.path)),
+            "lineage": [*artifact.manifest.get("lineage", []), step]}
 
 
 @functools.cache
@@ -111,25 +121,42 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def file_table(folder: Path) -> dict[str, list]:
+    """[size, sha256] of every file of a pass's output but its manifest: how a corrupted cache entry is caught."""
+    return {str(p.relative_to(folder)): [p.stat().st_size, file_sha256(p)]
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def intact(entry: Path) -> bool:
+    recorded = json.loads((entry / MANIFEST).read_text()).get("files")
+    sizes_match = recorded is not None and all(
+        (entry / name).is_file() and (entry / name).stat().st_size == size for name, (size, _) in recorded.items())
+    return sizes_match and file_table(entry) == recorded
+
+
 def run_pass(name: str, artifact: Artifact, config, cache: Path) -> Artifact:
     key = cache_key(artifact, name, config)
     entry = cache / "runs" / f"{name}-{key[:20]}"
     with _locked(cache / "locks" / f"{key[:20]}.lock"):
         if (entry / MANIFEST).is_file():
-            log.info("%s: cached (%s)", name, entry)
-            os.utime(entry)
-            return folder_artifact(entry)
+            if intact(entry):
+                log.info("%s: cached (%s)", name, entry)
+                os.utime(entry)
+                return folder_artifact(entry)
+            log.warning("%s: cache entry %s is corrupted (a file changed or went missing); rebuilding", name, entry)
+            shutil.rmtree(entry)
         log.info("%s: running", name)
         start = time.time()
         work = cache / "work" / key[:20]
         work.mkdir(parents=True, exist_ok=True)
         with atomic_dir(entry) as tmp:
             metrics = PASSES[name].fn(artifact, config, tmp, work) or {}
+            seconds = round(time.time() - start, 2)
             manifest = {
                 "id": key, "pass": name, "config": config_dict(config), "parent": artifact.id,
-                "parent_path": str(artifact.path), "parent_manifest": artifact.manifest.get("pass"),
-                "versions": versions(), "metrics": metrics, "seconds": round(time.time() - start, 2),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "parent_path": str(artifact.path), "versions": versions(), "metrics": metrics, "seconds": seconds,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": file_table(tmp),
+                **lineage_of(artifact, name, key, config, metrics, seconds),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         shutil.rmtree(work, ignore_errors=True)  # checkpoints and scratch matter only to an interrupted run

@@ -41,8 +41,10 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def link_tree(src: Path, dst: Path) -> None:
+def link_tree(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
     for path in sorted(Path(src).rglob("*")):
+        if path.name in skip:
+            continue
         target = dst / path.relative_to(src)
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
@@ -81,3 +83,11 @@ def check_output_path(path: Path) -> None:
         raise EdgewiseError(f"output path {path} is a file")
     if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
         raise EdgewiseError(f"output path {path} already holds files that edgewise did not write; choose another")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

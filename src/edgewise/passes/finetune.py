@@ -15,7 +15,7 @@ from edgewise import datasets, devices, distributed
 from edgewise.archs import arch_for
 from edgewise.engine import Artifact, register
 from edgewise.errors import EdgewiseError
-from edgewise.fsutil import link_tree
+from edgewise.fsutil import MANIFEST, link_tree
 from edgewise.log import log
 from edgewise.modeling import load_model, load_tokenizer
 
@@ -26,6 +26,8 @@ class FinetuneConfig:
     data_name: str = field(default="json", metadata={"help": "format of --data_files", "choices": datasets.FORMATS})
     text_template: str | None = field(default=None, metadata={
         "help": "template with {column} placeholders; loss falls after {response} (default: the chat template)"})
+    data_split: str | None = field(default=None, metadata={
+        "help": "records to use, START:STOP by index or percentage, e.g. ':80%%' (default: all)"})
     prompt_column: str = field(default="prompt", metadata={"help": "prompt column for the chat template"})
     response_column: str = field(default="response", metadata={"help": "response column"})
     method: str = field(default="lora", metadata={"help": "lora, or qlora (LoRA over a 4-bit AWQ base)",
@@ -60,7 +62,7 @@ def prepare_data(config: FinetuneConfig, tokenizer):
     if not config.data_files:
         raise EdgewiseError("finetune needs --data_files")
     records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template,
-                                                 config.prompt_column, config.response_column)
+                                                 config.prompt_column, config.response_column, config.data_split)
     examples = datasets.tokenize(records, formatter, tokenizer, config.max_seq_len, config.response_only)
     random.Random(config.seed).shuffle(examples)
     n_eval = int(len(examples) * config.eval_split)
@@ -96,7 +98,8 @@ def run(artifact: Artifact, config: FinetuneConfig, out, work) -> dict:
     else:
         metrics = train_and_save(artifact.path, config, out, work)
     _record_base(out / "adapter", artifact)
-    link_tree(artifact.path, out / "model")
+    # The base's own manifest stays out: OUT/model is identified (and its lineage told) by OUT's manifest.
+    link_tree(artifact.path, out / "model", skip=(MANIFEST,))
     return metrics
 
 

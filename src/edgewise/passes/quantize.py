@@ -31,6 +31,8 @@ class QuantizeConfig:
     data_name: str = field(default="json", metadata={"help": "format of --data_files", "choices": datasets.FORMATS})
     text_template: str | None = field(default=None, metadata={
         "help": "template with {column} placeholders (default: the chat template over prompt/response)"})
+    data_split: str | None = field(default=None, metadata={
+        "help": "records to use, START:STOP by index or percentage, e.g. ':80%%' (default: all)"})
     num_samples: int = field(default=16, metadata={"help": "calibration windows"})
     seq_len: int = field(default=512, metadata={"help": "tokens per calibration window"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
@@ -46,7 +48,8 @@ def default_calibration() -> list[str]:
 def calibration_texts(config, tokenizer) -> list[str]:
     if not config.data_files:
         return default_calibration()
-    records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template)
+    records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template,
+                                                 split=config.data_split)
     return datasets.texts(records, formatter, tokenizer)
 
 
