@@ -250,3 +250,17 @@ def test_third_party_pass_and_evaluator_through_entry_points(tiny_llama, tmp_pat
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "best" / "STAMP").read_text() == "abcd"
     assert json.loads(done.stdout)["candidates"][0]["lineage"][0]["metrics"] in ({"stamped": "ab"}, {"stamped": "abcd"})
+
+
+def test_two_runs_sharing_one_cache(tiny_llama, tiny_data, tmp_path):
+    flow = base_flow(tiny_llama, tiny_data, tmp_path)
+    path = write_flow(tmp_path, flow)
+    procs = [subprocess.Popen([sys.executable, "-m", "edgewise", "run", "--config", str(path),
+                               f"output_dir={tmp_path / f'out{i}'}", "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results[0][1][-2000:]
+    reports = [json.loads(out) for out, _ in results]
+    assert [c["metrics"] for c in reports[0]["candidates"]] == [c["metrics"] for c in reports[1]["candidates"]]
+    ran = sum(err.count("quantize: running") for _, err in results)
+    assert ran == 4  # each candidate built once, by whichever run took its lock first

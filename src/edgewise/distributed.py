@@ -1,5 +1,5 @@
-"""Finetuning across processes with torch.distributed, launched by torchrun: DDP, one process per GPU (NCCL) or per
-share of the CPU cores (gloo). Each process trains on its share of every optimizer step's micro-batches and the
+"""Finetuning across processes with torch.distributed, launched by torchrun: DDP or FSDP, one process per GPU (NCCL)
+or per share of the CPU cores (gloo). Each process trains on its share of every optimizer step's micro-batches and the
 gradients are averaged, so N processes learn what one process learns with N times the gradient accumulation.
 
 The finetune pass runs `torchrun --nproc_per_node N -m edgewise.distributed JOB.json`; rank 0 writes the adapter
@@ -51,6 +51,54 @@ def mean(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / world()
+
+
+def wrap(model, sharding: str):
+    """DDP keeps a full copy per rank; FSDP (FSDP2's fully_shard) shards each decoder layer's parameters, and the
+    rest, across the ranks and gathers a layer's weights only while it runs."""
+    if world() == 1:
+        return model
+    if sharding == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+
+    from edgewise.modeling import decoder_layers
+
+    for layer in decoder_layers(model.get_base_model() if hasattr(model, "get_base_model") else model):
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def full_state(model, optimizer=None) -> tuple[dict, dict | None]:
+    """The LoRA weights (and optimizer state) as whole tensors on the CPU; under FSDP a collective of all ranks."""
+    if not _sharded(model):
+        lora = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+        return lora, optimizer.state_dict() if optimizer else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    lora = {k: v for k, v in get_model_state_dict(model, options=options).items() if "lora_" in k}
+    return lora, get_optimizer_state_dict(model, optimizer, options=options) if optimizer else None
+
+
+def load_full_state(model, optimizer, lora: dict, optim: dict) -> None:
+    """Put whole-tensor LoRA weights and optimizer state back (each rank keeps its shard under FSDP)."""
+    if not _sharded(model):
+        model.load_state_dict(lora, strict=False)
+        optimizer.load_state_dict(optim)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, lora, options=options)
+    set_optimizer_state_dict(model, optimizer, optim, options=options)
 
 
 def launch(nproc: int, model: Path, config, out: Path, work: Path) -> dict:

@@ -49,6 +49,9 @@ class FinetuneConfig:
     nproc: int = field(default=1, metadata={
         "help": "processes (torchrun DDP: one per GPU, or shares of the CPU cores); each step's micro-batches are "
                 "split among them"})
+    sharding: str = field(default="ddp", metadata={
+        "help": "with --nproc: ddp (a full model copy per process) or fsdp (parameters sharded across processes, "
+                "for models that do not fit one device)", "choices": ("ddp", "fsdp")})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
 
@@ -121,16 +124,17 @@ def train_and_save(model_path, config: FinetuneConfig, out, work) -> dict:
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise EdgewiseError(f"cannot apply LoRA to {targets}: {str(exc).splitlines()[0]}") from exc
-    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed.world() > 1 else model
+    trained = distributed.wrap(model, config.sharding)
     start = time.time()
     losses = train_loop(trained, train, config, tokenizer.pad_token_id or 0, device, work)
     metrics = {"train_loss_first": losses[0], "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
                "examples": len(train), "targets": targets, "train_seconds": round(time.time() - start, 2),
                "processes": distributed.world()}
+    lora_state, _ = distributed.full_state(model)  # every rank takes part when the weights are sharded
+    if held_out and (distributed.rank() == 0 or config.sharding == "fsdp"):
+        metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
     if distributed.rank() == 0:
-        model.save_pretrained(out / "adapter")
-        if held_out:
-            metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
+        model.save_pretrained(out / "adapter", state_dict=lora_state)
     return metrics
 
 
@@ -173,7 +177,7 @@ def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str
         losses.append(total)
         bar.set_postfix(loss=f"{total:.3f}")
         bar.update(1)
-        if step % config.save_steps == 0 and step < config.max_steps and distributed.rank() == 0:
+        if step % config.save_steps == 0 and step < config.max_steps:
             _checkpoint(model, optimizer, schedule, step, losses, work)
     bar.close()
     if not all(math.isfinite(x) for x in losses):
@@ -183,8 +187,11 @@ def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str
 
 
 def _checkpoint(model, optimizer, schedule, step, losses, work) -> None:
-    state = {"step": step, "losses": losses, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "lora": {k: v for k, v in model.state_dict().items() if "lora_" in k}, "rng": torch.get_rng_state()}
+    lora, optim = distributed.full_state(model, optimizer)  # a collective under FSDP: every rank calls it
+    if distributed.rank() > 0:
+        return
+    state = {"step": step, "losses": losses, "optimizer": optim, "schedule": schedule.state_dict(),
+             "lora": lora, "rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     tmp = work / "checkpoint.pt.tmp"
@@ -197,8 +204,7 @@ def _resume(model, optimizer, schedule, work):
     if not path.is_file():
         return 0, []
     state = torch.load(path, weights_only=True)
-    model.load_state_dict(state["lora"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_full_state(model, optimizer, state["lora"], state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])  # dropout masks continue exactly where the interrupted run stopped
     if "cuda_rng" in state:
