@@ -119,7 +119,8 @@ def main() -> None:
     print(f"| step ({device}) | wall s | peak GPU GiB |\n| --- | --- | --- |")
     for label, seconds, peak in rows:
         print(f"| {label} | {seconds:.1f} | {peak:.1f} |")
-    print(json.dumps(ft.manifest["metrics"]), file=sys.stderr)
+    for step in (awq, ft):
+        print(json.dumps(step.manifest["metrics"]), file=sys.stderr)
     subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used", "--format=csv"], check=False)
 
 

@@ -99,12 +99,14 @@ def dequantized_state(tensors: dict[str, torch.Tensor], bits: int) -> dict[str, 
 
 
 def save_quantized(model, qtensors: dict[str, QTensor], qconfig: dict, source: Path, out: Path) -> None:
-    """Write `model` with the linears in `qtensors` (module name -> QTensor) replaced by packed GPTQ tensors."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    """Write `model` with the linears in `qtensors` (module name -> QTensor) replaced by packed GPTQ tensors; the
+    other weights (embeddings, norms, biases) in fp32 on the CPU, converted one tensor at a time, wherever the model
+    lives."""
+    dropped = {f"{name}.weight" for name in qtensors}
     if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+        dropped.add("lm_head.weight")
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items() if k not in dropped}
     for name, qt in qtensors.items():
-        state.pop(f"{name}.weight")
         for key, tensor in pack_gptq(qt, qconfig["bits"]).items():
             state[f"{name}.{key}"] = tensor
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})

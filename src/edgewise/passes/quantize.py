@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -59,18 +60,24 @@ def run(artifact: Artifact, config: QuantizeConfig, out, work) -> dict:
         raise EdgewiseError(f"{artifact.path} is already quantized")
     torch.manual_seed(config.seed)
     device = devices.resolve(config.device)
+    clock = [time.perf_counter()]
     tokenizer = load_tokenizer(artifact.path)
     windows = token_windows(tokenizer, calibration_texts(config, tokenizer), config.num_samples, config.seq_len)
     model = load_model(artifact.path, devices.compute_dtype(device), device)
     spec = QuantSpec(config.bits, config.group_size, config.zero_point)
     log.info("%s int%d, group %d, %s, on %s", config.algorithm, config.bits, config.group_size,
              "zero point" if config.zero_point else "symmetric", device)
+    clock.append(time.perf_counter())
     qtensors = quantize_model(model, windows, spec, config.algorithm)
+    clock.append(time.perf_counter())
     qconfig = {
         "quant_method": "gptq", "checkpoint_format": "gptq", "bits": config.bits, "group_size": config.group_size,
         "sym": not config.zero_point, "desc_act": False, "quantizer": [f"edgewise:{config.algorithm}"],
         "dynamic": {f"+:{re.escape(name)}\\.": {"group_size": qt.group_size}
                     for name, qt in qtensors.items() if qt.group_size != config.group_size},
     }
-    save_quantized(model.float().cpu(), qtensors, qconfig, artifact.path, out)
-    return {"linears": len(qtensors), "calibration_tokens": windows.numel()}
+    save_quantized(model, qtensors, qconfig, artifact.path, out)
+    clock.append(time.perf_counter())
+    load, search, save = (round(b - a, 2) for a, b in zip(clock, clock[1:]))
+    return {"linears": len(qtensors), "calibration_tokens": windows.numel(), "load_seconds": load,
+            "quantize_seconds": search, "save_seconds": save}

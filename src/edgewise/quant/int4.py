@@ -98,7 +98,7 @@ def _pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     v = values.to(torch.int64).reshape(-1, per, values.shape[1])
     shifts = (torch.arange(per, dtype=torch.int64, device=values.device) * bits).view(1, per, 1)
     packed = (v << shifts).sum(1)
-    return packed.to(torch.uint32).view(torch.int32) if hasattr(torch, "uint32") else packed.to(torch.int32)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)  # the same 32 bits, signed
 
 
 def _unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -109,17 +109,18 @@ def _unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def pack_gptq(qt: QTensor, bits: int) -> dict[str, torch.Tensor]:
-    qt = QTensor(qt.q.cpu(), qt.scale.cpu(), qt.zero.cpu(), qt.group_size)
+    """Packed on the tensors' own device (a GPU packs a 3.8B model in seconds), returned on the CPU."""
     out, inp = qt.q.shape
     if out % (32 // bits):
         raise EdgewiseError(f"a linear layer with {out} outputs cannot be packed at {bits} bits")
     zeros_minus_one = (qt.zero.to(torch.int64) - 1) & (2**bits - 1)
-    return {
+    packed = {
         "qweight": _pack_rows(qt.q.t(), bits),
-        "qzeros": _pack_rows(zeros_minus_one, bits).t().contiguous(),
-        "scales": qt.scale.t().contiguous().half(),
-        "g_idx": (torch.arange(inp) // qt.group_size).to(torch.int32),
+        "qzeros": _pack_rows(zeros_minus_one, bits).t(),
+        "scales": qt.scale.t().half(),
+        "g_idx": (torch.arange(inp, device=qt.q.device) // qt.group_size).to(torch.int32),
     }
+    return {k: v.cpu().contiguous() for k, v in packed.items()}
 
 
 def unpack_gptq(tensors: dict[str, torch.Tensor], bits: int) -> QTensor:
