@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -92,3 +93,26 @@ def tiny_data(tmp_path_factory) -> Path:
 def cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("EDGEWISE_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_llama, tiny_data, tmp_path_factory):
+    """An fp32 export of the tiny Llama with two adapters: 'one' (shipped with it) and 'two' (converted); `peft`
+    is the PEFT folder of 'one'."""
+    from edgewise import engine, passes  # noqa: F401
+    from edgewise.modeling import read_config
+    from edgewise.onnx_lora import ADAPTER_FILE, convert_adapter
+    from edgewise.passes.export import ExportConfig
+    from edgewise.passes.finetune import FinetuneConfig
+
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    base = engine.folder_artifact(tiny_llama)
+    fts = [engine.run_pass("finetune", base, FinetuneConfig(data_files=str(tiny_data), max_steps=4, lora_r=4,
+                                                            learning_rate=2e-2, seed=seed), cache) for seed in (1, 2)]
+    export = engine.run_pass("export", engine.folder_artifact(fts[0].path / "model"),
+                             ExportConfig(adapter_path=str(fts[0].path / "adapter"), precision="fp32"), cache)
+    model = export.path / "model"
+    two = tmp_path_factory.mktemp("adapters") / "two.onnx_adapter"
+    convert_adapter(fts[1].path / "adapter", model, two, read_config(model))
+    return SimpleNamespace(model=model, adapters={"one": model / ADAPTER_FILE, "two": two},
+                           peft=fts[0].path / "adapter")

@@ -6,39 +6,27 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import urllib.error
 import urllib.request
 
+from pathlib import Path
+
 import openai
 import pytest
 
 from conftest import RECORDS
-from edgewise import engine, passes  # noqa: F401
-from edgewise.onnx_lora import ADAPTER_FILE, convert_adapter
-from edgewise.modeling import read_config
-from edgewise.passes.export import ExportConfig
-from edgewise.passes.finetune import FinetuneConfig
 from edgewise.runtime import Runtime, Sampling
 
 QUESTIONS = [r["prompt"] for r in RECORDS[:4]]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_llama, tiny_data, tmp_path_factory):
-    """An fp32 export of the tiny Llama with two adapters: 'one' (shipped with it) and 'two' (converted)."""
-    cache = tmp_path_factory.mktemp("serve-cache")
-    base = engine.folder_artifact(tiny_llama)
-    fts = [engine.run_pass("finetune", base, FinetuneConfig(data_files=str(tiny_data), max_steps=4, lora_r=4,
-                                                            learning_rate=2e-2, seed=seed), cache) for seed in (1, 2)]
-    export = engine.run_pass("export", engine.folder_artifact(fts[0].path / "model"), ExportConfig(adapter_path=str(fts[0].path / "adapter"),
-                                                             precision="fp32"), cache)
-    model = export.path / "model"
-    two = tmp_path_factory.mktemp("adapters") / "two.onnx_adapter"
-    convert_adapter(fts[1].path / "adapter", model, two, read_config(model))
-    return model, {"one": model / ADAPTER_FILE, "two": two}
+def model_dir(tiny_onnx):
+    return tiny_onnx.model, tiny_onnx.adapters
 
 
 def _http(method, url, body: bytes | None = None):
@@ -62,7 +50,9 @@ def _start(model, adapters, *extra):
     cmd = [sys.executable, "-m", "edgewise", "serve", str(model), "--port", str(port), *extra]
     for name, path in adapters.items():
         cmd += ["--adapter", f"{name}={path}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)  # a file, not a pipe nobody drains
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = Path(log.name)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -71,7 +61,7 @@ def _start(model, adapters, *extra):
         except OSError:
             time.sleep(0.1)
         if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read())
+            raise AssertionError(proc.log.read_text())
     proc.kill()
     raise AssertionError("server did not start")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 import typing
 from pathlib import Path
@@ -118,12 +119,19 @@ def _common(parser, model=True, output=True) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
+class Parser(argparse.ArgumentParser):
+    """A mistyped flag or value is one line, as every other user error is (the usage lives in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgewise.passes.export import ExportConfig
     from edgewise.passes.finetune import FinetuneConfig
     from edgewise.passes.quantize import QuantizeConfig
 
-    parser = argparse.ArgumentParser(prog="edgewise", description=(
+    parser = Parser(prog="edgewise", description=(
         "Quantize, LoRA-finetune and export language models for on-device inference with ONNX Runtime GenAI."))
     parser.add_argument("--version", action="version", version=f"edgewise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -241,9 +249,12 @@ def _adapter_flag(parser, help_text: str) -> None:
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help=help_text)
 
 
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
 def main(argv=None) -> int:
     from edgewise.errors import EdgewiseError
-    from edgewise.log import log, setup
+    from edgewise.log import setup
 
     args = build_parser().parse_args(argv)
     setup(args.log_level)
@@ -257,10 +268,22 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("edgewise: interrupted (finished steps stay cached; run again to resume)", file=sys.stderr)
         return 130
-    except Exception as exc:  # the last line of defence: one line, non-zero, traceback only when asked
-        if args.log_level == 0:
-            raise
-        log.debug("internal error", exc_info=True)
-        print(f"edgewise: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(rerun with --log_level 0 for the traceback)", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:  # a full disk or a read-only folder is the machine's, not a bug
+            return _internal_error(args, exc)
+        print(f"edgewise: error: {exc.strerror}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 2
+    except Exception as exc:
+        return _internal_error(args, exc)
+
+
+def _internal_error(args, exc: Exception) -> int:
+    """The last line of defence: one line, non-zero, the traceback only when asked for."""
+    from edgewise.log import log
+
+    if args.log_level == 0:
+        raise exc
+    log.debug("internal error", exc_info=True)
+    print(f"edgewise: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+          "(rerun with --log_level 0 for the traceback)", file=sys.stderr)
+    return 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,12 +68,15 @@ def _run(args, artifact, steps) -> engine.Artifact | None:
 
 
 def quantize(args) -> int:
-    _run(args, _source(args), [("quantize", config_from(args, QuantizeConfig))])
+    steps = [("quantize", config_from(args, QuantizeConfig))]
+    engine.check_steps(steps)  # bad values and data stop here, before the model is fetched or converted
+    _run(args, _source(args), steps)
     return 0
 
 
 def finetune(args) -> int:
     config = config_from(args, FinetuneConfig)
+    config.check()
     artifact = _source(args)
     steps = []
     if config.method == "qlora" and not quantization_config(artifact.path):
@@ -100,12 +104,19 @@ def convert_adapters(args) -> int:
         raise EdgewiseError(f"{model_dir} is not a model folder exported by edgewise auto-opt")
     hf_config = read_config(model_dir)
     out = Path(args.output_path)
-    out.mkdir(parents=True, exist_ok=True)
-    for spec in args.adapter_path:
-        name, _, path = spec.rpartition("=")
-        name = name or Path(path).resolve().parent.name
-        written = onnx_lora.convert_adapter(Path(path), model_dir, out / f"{name}.onnx_adapter", hf_config)
-        print(written)
+    if out.is_file():
+        raise EdgewiseError(f"output path {out} is a file")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # adapters may join earlier ones there; each file is written atomically
+    try:
+        for spec in args.adapter_path:
+            name, _, path = spec.rpartition("=")
+            name = name or Path(path).resolve().parent.name
+            print(onnx_lora.convert_adapter(Path(path), model_dir, out / f"{name}.onnx_adapter", hf_config))
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return 0
 
 

@@ -135,6 +135,7 @@ def intact(entry: Path) -> bool:
 
 
 def run_pass(name: str, artifact: Artifact, config, cache: Path) -> Artifact:
+    check_steps([(name, config)])
     key = cache_key(artifact, name, config)
     entry = cache / "runs" / f"{name}-{key[:20]}"
     with _locked(cache / "locks" / f"{key[:20]}.lock"):
@@ -164,7 +165,15 @@ def run_pass(name: str, artifact: Artifact, config, cache: Path) -> Artifact:
         return folder_artifact(entry)
 
 
+def check_steps(steps: list[tuple[str, Any]]) -> None:
+    """A pass config may define check(): cheap validation (values, input files) run for every step before any."""
+    for _, config in steps:
+        if hasattr(config, "check"):
+            config.check()
+
+
 def run_steps(artifact: Artifact, steps: list[tuple[str, Any]], cache: Path) -> Artifact:
+    check_steps(steps)
     for name, config in steps:
         artifact = run_pass(name, artifact, config, cache)
     return artifact

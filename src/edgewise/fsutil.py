@@ -38,7 +38,10 @@ def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copy2(src, dst)
+        try:
+            shutil.copy2(src, dst)
+        except OSError as exc:  # name the file being written (a full disk is the destination's), not the source
+            raise OSError(exc.errno, exc.strerror, str(dst)) from exc
 
 
 def link_tree(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:

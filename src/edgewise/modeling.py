@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edgewise.archs import arch_for
@@ -25,8 +26,9 @@ def read_config(folder: Path, trust_remote_code: bool = False):
 
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        raise EdgewiseError(f"cannot read the model config in {folder}: {str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError) as exc:
+        hint = " (it ships its own code: pass --trust_remote_code if you trust it)" if "custom code" in str(exc) else ""
+        raise EdgewiseError(f"cannot read the model config in {folder}: {str(exc).splitlines()[0]}{hint}") from exc
     arch_for(config)
     return config
 
@@ -53,9 +55,16 @@ def load_model(folder: Path, dtype=torch.float32, device: str = "cpu", trust_rem
     config = read_config(folder, trust_remote_code)
     qconfig = quantization_config(folder)
     if qconfig is None:
+        if not any(folder.glob("*.safetensors")):
+            pickled = sorted(p.name for p in folder.iterdir() if p.name.endswith((".bin", ".pt", ".pth", ".ckpt")))
+            raise EdgewiseError(f"no .safetensors weights in {folder}" + (
+                f" ({', '.join(pickled)} is a pickle, which can run code when loaded: edgewise reads safetensors "
+                "only; convert it where you trust it, e.g. model.save_pretrained(DIR, safe_serialization=True))"
+                if pickled else ""))
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
-        except OSError as exc:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                         use_safetensors=True)
+        except (OSError, SafetensorError) as exc:  # missing, truncated or garbled weight files
             raise EdgewiseError(f"cannot load model weights from {folder}: {str(exc).splitlines()[0]}") from exc
         return model.to(device).eval()
     if qconfig.get("quant_method") != "gptq" or qconfig.get("desc_act"):

@@ -20,7 +20,9 @@ from edgewise.errors import EdgewiseError
 
 LAYOUT = "lora_layout.json"
 ADAPTER_FILE = "adapter_weights.onnx_adapter"
-_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+_proj)/(MatMul|MatMulNBits)$")
+# The builder names a projection /model/layers.N/attn|mlp/NAME/MatMul, MatMulNBits when the checkpoint was already
+# int4, and MatMul_Q4 (a MatMulNBits node) when it quantizes an fp checkpoint itself.
+_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+_proj)/MatMul(?:NBits)?(?:_Q\d+)?$")
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
@@ -125,10 +127,16 @@ def peft_pieces(adapter_dir: Path, config) -> dict[tuple[int, str], tuple[np.nda
     sizes = projection_sizes(config)
     pieces = {}
     for (layer, module), ab in raw.items():
+        names = FUSED.get(module, (module,))
+        expected = sum(sizes.get(n, 0) for n in names)
+        if set(ab) != {"A", "B"} or any(n not in sizes for n in names) or ab["B"].shape[0] != expected:
+            raise EdgewiseError(f"{adapter_dir}: its layer {layer} {module} does not fit the model (outputs "
+                                f"{ab['B'].shape[0] if 'B' in ab else '?'} vs {expected}): it belongs to another base "
+                                "model")
         rank = ab["A"].shape[0]
         scale = cfg["lora_alpha"] / (rank ** 0.5 if cfg.get("use_rslora") else rank)
         row = 0
-        for name in FUSED.get(module, (module,)):
+        for name in names:
             pieces[(layer, name)] = (ab["A"], ab["B"][row:row + sizes[name]] * scale)
             row += sizes[name]
     return pieces

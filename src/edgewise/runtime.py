@@ -28,10 +28,13 @@ class Runtime:
         model_dir = Path(model_dir)
         if not (model_dir / "genai_config.json").is_file():
             raise EdgewiseError(f"{model_dir} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
-        self.model = og.Model(str(model_dir))
-        genai_config = json.loads((model_dir / "genai_config.json").read_text())
-        self.context_length = int(genai_config["model"]["context_length"])
-        self.tokenizer = og.Tokenizer(self.model)
+        try:
+            self.model = og.Model(str(model_dir))
+            genai_config = json.loads((model_dir / "genai_config.json").read_text())
+            self.context_length = int(genai_config["model"]["context_length"])
+            self.tokenizer = og.Tokenizer(self.model)
+        except Exception as exc:  # the runtime's RuntimeError text names the damaged file
+            raise EdgewiseError(f"cannot load the model in {model_dir}: {str(exc).splitlines()[0]}") from exc
         self.adapters = og.Adapters(self.model)
         self.names: list[str] = []
         for name, path in (adapters or {}).items():

@@ -41,7 +41,7 @@ class _Options(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=2, description="0 is greedy")
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: str | list[str] | None = Field(default=None, description="up to 4 sequences that end the answer")
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="sampling seed (the runtime's is 32-bit)")
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
 
@@ -229,6 +229,8 @@ def serve(model_dir, adapters: dict[str, str], host: str = "127.0.0.1", port: in
 
     server = Server(Runtime(model_dir, adapters), parallel)
     log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", model_dir, host, port)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning("listening on %s without --api_key: anyone who can reach this machine can use the model", host)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
     signal.signal(signal.SIGTERM, lambda *_: log.info("stopped (SIGTERM)"))

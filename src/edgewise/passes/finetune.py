@@ -54,6 +54,20 @@ class FinetuneConfig:
                 "for models that do not fit one device)", "choices": ("ddp", "fsdp")})
     seed: int = field(default=42, metadata={"help": "random seed"})
 
+    def check(self) -> None:
+        """Cheap checks before any work: the values, and that the data file loads and fits the template."""
+        positive = ("lora_r", "lora_alpha", "max_steps", "batch_size", "gradient_accumulation_steps", "max_seq_len",
+                    "save_steps", "nproc")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise EdgewiseError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not (0 <= self.lora_dropout < 1 and 0 <= self.eval_split < 1 and self.learning_rate > 0):
+            raise EdgewiseError("--lora_dropout and --eval_split must lie in [0, 1), --learning_rate above 0")
+        if not self.data_files:
+            raise EdgewiseError("finetune needs --data_files")
+        datasets.load_formatted(self.data_files, self.data_name, self.text_template, self.prompt_column,
+                                self.response_column, self.data_split)
+
 
 def lora_targets(config: FinetuneConfig, model) -> list[str]:
     if config.target_modules:
@@ -62,8 +76,6 @@ def lora_targets(config: FinetuneConfig, model) -> list[str]:
 
 
 def prepare_data(config: FinetuneConfig, tokenizer):
-    if not config.data_files:
-        raise EdgewiseError("finetune needs --data_files")
     records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template,
                                                  config.prompt_column, config.response_column, config.data_split)
     examples = datasets.tokenize(records, formatter, tokenizer, config.max_seq_len, config.response_only)
@@ -142,6 +154,8 @@ def _record_base(adapter_dir, artifact: Artifact) -> None:
     path = adapter_dir / "adapter_config.json"
     cfg = json.loads(path.read_text())
     cfg["base_model_name_or_path"] = str(artifact.path)
+    if isinstance(cfg.get("target_modules"), list):  # PEFT writes a set, in an order that changes between runs
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     path.write_text(json.dumps(cfg, indent=2))
 
 

@@ -39,6 +39,14 @@ class QuantizeConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
+    def check(self) -> None:
+        """Cheap checks before any work: the values, and that a calibration file loads and fits the template."""
+        for name in ("group_size", "num_samples", "seq_len"):
+            if getattr(self, name) < 1:
+                raise EdgewiseError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.data_files:
+            datasets.load_formatted(self.data_files, self.data_name, self.text_template, split=self.data_split)
+
 
 def default_calibration() -> list[str]:
     """English prose shipped with edgewise (data/calibration.jsonl; data/NOTICE says what it holds)."""
