@@ -2,6 +2,7 @@
 used until the cache fits a size. Files hard-linked between entries (a finetune's base model) count once."""
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import shutil
@@ -42,8 +43,25 @@ def entries(cache: Path) -> list[dict]:
     return found
 
 
+def sweep_leftovers(cache: Path) -> int:
+    """Remove the temporary folders of killed runs (`.NAME-KEY.tmp-*`, `.NAME-KEY.old-*`) whose lock no run holds."""
+    removed = 0
+    for tmp in sorted((cache / "runs").glob(".*-*.*-*")) if (cache / "runs").is_dir() else []:
+        key = tmp.name[1:].rsplit(".", 1)[0].rsplit("-", 1)[-1]
+        (cache / "locks").mkdir(exist_ok=True)
+        with open(cache / "locks" / f"{key}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a run is writing it now
+                continue
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def prune(cache: Path, max_bytes: int) -> list[dict]:
-    """Evict least recently used entries until the total fits `max_bytes`; scratch of finished runs goes too."""
+    """Evict least recently used entries until the total fits `max_bytes`; leftovers of killed runs go first."""
+    sweep_leftovers(cache)
     found, evicted = entries(cache), []
     total = sum(e["bytes"] for e in found)
     for entry in found:

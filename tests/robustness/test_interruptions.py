@@ -109,5 +109,8 @@ def test_interrupted_pass_resumes_to_the_same_output(inputs, name, sig, tmp_path
     assert same, {k: (expected.get(k), v) for k, v in digests(out).items() if expected.get(k) != v}
     assert resumed == (checkpoints > 0), "a checkpoint left by the interrupted run must be resumed from"
     assert not list(cache.glob("runs/.*tmp-*")) or sig == signal.SIGKILL  # SIGINT cleans its temporary folder
+    pruned = subprocess.run([sys.executable, "-m", "edgewise", "cache", "prune", "--max_size", "1T", "--cache_dir",
+                             str(cache)], capture_output=True, text=True)
+    assert pruned.returncode == 0 and not list(cache.glob("runs/.*")), "prune sweeps what a killed run left"
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["pass"] == ("export" if name == "auto-opt" else name)
