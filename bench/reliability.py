@@ -1,6 +1,7 @@
 """RELIABILITY.md's tables from what the robustness suite recorded (build/reliability.jsonl; the latest line of each
 case counts). Usage: python bench/reliability.py [LOG] > RELIABILITY-tables.md"""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ AREAS = {
 
 def cell(value) -> str:
     text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/ ]+/", ".../", text)  # the test's temporary folders
     return text.replace("|", "\\|").replace("\n", " ")
 
 

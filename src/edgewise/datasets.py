@@ -34,25 +34,25 @@ def load_records(path: str | Path, data_name: str = "json") -> list[dict]:
 
 def _read_json(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
+    if text.lstrip().startswith("[") and path.suffix != ".jsonl":  # a JSON array of records
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise EdgewiseError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
-        return [_as_record(row, path, i + 1) for i, row in enumerate(rows)]
+        return [_as_record(row, path, f"element {i + 1}") for i, row in enumerate(rows)]
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(_as_record(json.loads(line), path, number))
+                rows.append(_as_record(json.loads(line), path, f"line {number}"))
             except json.JSONDecodeError as exc:
                 raise EdgewiseError(f"{path}: malformed JSON on line {number}: {exc.msg}") from exc
     return rows
 
 
-def _as_record(row, path: Path, number: int) -> dict:
+def _as_record(row, path: Path, where: str) -> dict:
     if not isinstance(row, dict):
-        raise EdgewiseError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object of columns")
+        raise EdgewiseError(f"{path}: {where} is a JSON {type(row).__name__}, expected an object of columns")
     return row
 
 

@@ -115,7 +115,7 @@ CASES = {
     "binary file as JSONL": (FT + ["--data_files", "{d}/garbage.jsonl"], "not UTF-8"),
     "one 32 MB line": (FT + ["--data_files", "{d}/huge.jsonl"], "malformed JSON on line 1"),
     "column of the wrong type": (FT + ["--data_files", "{d}/types.jsonl"], "column 'response' is a list"),
-    "a JSONL line that is an array": (FT + ["--data_files", "{d}/array-line.jsonl"], "expected an object"),
+    "a JSONL line that is an array": (FT + ["--data_files", "{d}/array-line.jsonl"], "line 1 is a JSON list"),
     "JSON array file broken": (FT + ["--data_files", "{d}/array.json"], "malformed JSON at line 2"),
     "CSV without the column": (FT + ["--data_files", "{d}/nocol.csv", "--data_name", "csv"], "no column 'prompt'"),
     "corrupted Parquet": (FT + ["--data_files", "{d}/bad.parquet", "--data_name", "parquet"],
