@@ -264,3 +264,20 @@ def test_two_runs_sharing_one_cache(tiny_llama, tiny_data, tmp_path):
     assert [c["metrics"] for c in reports[0]["candidates"]] == [c["metrics"] for c in reports[1]["candidates"]]
     ran = sum(err.count("quantize: running") for _, err in results)
     assert ran == 4  # each candidate built once, by whichever run took its lock first
+
+
+def test_finetune_then_export_ships_the_adapter(tiny_llama, tiny_data, tmp_path):
+    """The lab chain as a workflow: export takes the finetune output's base and adapter, and quality is measured
+    through the adapter on the exported model."""
+    flow = base_flow(tiny_llama, tiny_data, tmp_path, passes=[
+        {"type": "finetune", "data": "train", "max_steps": 4, "lora_r": 4, "learning_rate": 0.02},
+        {"type": "export", "precision": "fp32"}], goals=[], objectives=["size_mb"])
+    flow["data"]["train"] = {"data_files": str(tiny_data), "data_split": ":50%"}
+    flow["evaluators"] = [{"type": "size"}, {"type": "quality", "data": "held", "max_samples": 2}]
+    done = run_flow(write_flow(tmp_path, flow))
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = tmp_path / "out" / "best" / "model"
+    assert (best / "adapter_weights.onnx_adapter").is_file() and (best / "lora_layout.json").is_file()
+    report = json.loads(done.stdout)
+    assert [step["pass"] for step in report["candidates"][0]["lineage"]] == ["finetune", "export"]
+    assert "rouge_l" in report["candidates"][0]["metrics"]

@@ -42,12 +42,21 @@ def execution_provider(config: ExportConfig) -> str:
     return {"gpu": "cuda"}.get(config.device, config.device)
 
 
-def lora_target_set(config: ExportConfig) -> set[str]:
+def export_inputs(folder: Path, config: ExportConfig) -> tuple[Path, Path | None]:
+    """The base model folder and the adapter to ship: a finetune output (model/ + adapter/) exports its own base with
+    its own adapter (unless --adapter_path names another), as in a workflow's finetune -> export."""
+    adapter = Path(config.adapter_path) if config.adapter_path else None
+    if (folder / "model").is_dir() and (folder / "adapter").is_dir():
+        return folder / "model", adapter or folder / "adapter"
+    return folder, adapter
+
+
+def lora_target_set(adapter: Path | None, config: ExportConfig) -> set[str]:
     targets = set()
-    if config.adapter_path:
-        cfg_path = Path(config.adapter_path) / "adapter_config.json"
+    if adapter:
+        cfg_path = adapter / "adapter_config.json"
         if not cfg_path.is_file():
-            raise EdgewiseError(f"{config.adapter_path} is not a PEFT adapter folder (no adapter_config.json)")
+            raise EdgewiseError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
         modules = json.loads(cfg_path.read_text()).get("target_modules") or []
         targets.update(modules if isinstance(modules, list) else [modules])
     if config.lora_targets:
@@ -115,10 +124,11 @@ def save_onnx(model, path: Path) -> None:
 
 @register("export", ExportConfig)
 def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
-    hf_config = read_config(artifact.path)
-    targets = lora_target_set(config)
+    base, adapter = export_inputs(artifact.path, config)
+    hf_config = read_config(base)
+    targets = lora_target_set(adapter, config)
     model_dir = out / "model"
-    run_builder(builder_input(artifact.path, config.precision, work), model_dir, config, work)
+    run_builder(builder_input(base, config.precision, work), model_dir, config, work)
     set_threads(model_dir, config.threads)
     model = onnx.load(model_dir / "model.onnx")
     repair_shared_head(model)
@@ -128,8 +138,8 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     save_onnx(model, model_dir / "model.onnx")
     metrics = {"onnx_bytes": sum(p.stat().st_size for p in model_dir.glob("model.onnx*")), "lora_targets":
                sorted(targets)}
-    if config.adapter_path:
-        onnx_lora.convert_adapter(Path(config.adapter_path), model_dir, model_dir / onnx_lora.ADAPTER_FILE, hf_config)
+    if adapter:
+        onnx_lora.convert_adapter(adapter, model_dir, model_dir / onnx_lora.ADAPTER_FILE, hf_config)
     (model_dir / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=2))
     validate(model_dir)
     return metrics
