@@ -29,10 +29,17 @@ def digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C reaches a command run in a terminal; a job started in the background of a script (as CI may run the
+    tests) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cache: Path, out: Path) -> tuple[subprocess.Popen, dict]:
     """The command in its own process group; `seen['running']` is set when the pass starts its real work."""
     proc = subprocess.Popen([sys.executable, "-m", "edgewise", *args, "-o", str(out), "--cache_dir", str(cache)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_as_in_a_terminal)
     seen = {"lines": [], "running": threading.Event(), "done": threading.Event()}
 
     def read():
@@ -78,25 +85,24 @@ def inputs(tiny_llama, tiny_data, tmp_path_factory):
 def test_interrupted_pass_resumes_to_the_same_output(inputs, name, sig, tmp_path):
     root, ref = inputs
     args, expected, seconds = ref[name]
-    fraction = random.Random(f"{name}-{sig.name}").uniform(0.1, 0.9)  # a random point, the same on every run
+    fraction = random.Random(f"{name}-{sig.name}").uniform(0.1, 0.7)  # a random point, the same on every run
     cache, out = tmp_path / "cache", tmp_path / "out"
     proc, seen = start(args, cache, out)
     assert seen["running"].wait(300), "".join(seen["lines"])
     time.sleep(seconds * fraction)
-    finished_first = proc.poll() is not None
-    if not finished_first:
-        os.killpg(proc.pid, sig)  # the command and any workers it started
+    assert proc.poll() is None, "the signal must land inside the pass"
+    os.killpg(proc.pid, sig)  # the command and any workers it started
     code = proc.wait(120)
     seen["thread"].join(10)
     stderr = "".join(seen["lines"])
     # Output is published atomically: an interrupted command leaves none, or (signal after the publish) a whole one.
     assert not out.exists() or digests(out) == expected, "an interrupted command left a partial output"
-    if not finished_first and sig == signal.SIGINT:
+    if sig == signal.SIGINT:
         # 130, or death by SIGINT when the interrupt landed inside an exec() (CPython then re-raises the signal at
-        # exit, having printed our line): a shell shows 130 for both.
+        # exit, having printed our line): a shell shows 130 for both. 0 if it came after the work was done.
         assert code in (0, 130, -signal.SIGINT), stderr[-2000:]
         assert stderr.count("edgewise: interrupted") == (code != 0), stderr[-2000:]
-    elif not finished_first:
+    else:
         assert code == -signal.SIGKILL
     checkpoints = len(list(cache.glob("work/*/checkpoint.pt")))
     again, again_seen = start(args, cache, out)
