@@ -33,13 +33,15 @@ def main() -> None:
         if not rows:
             continue
         passed = sum(r["outcome"] == "pass" for r in rows)
-        extra = sorted({k for r in rows for k in r} - {"area", "case", "outcome", "when", *columns}) if not columns \
-            else columns
         print(f"### {title}: {passed} of {len(rows)} pass\n")
-        print("| case | outcome | " + " | ".join(extra) + " |")
-        print("| --- | --- |" + " --- |" * len(extra))
+        print("| case | outcome | " + " | ".join(columns or ["figures"]) + " |")
+        print("| --- | --- |" + " --- |" * len(columns or ["figures"]))
         for r in rows:
-            print(f"| {cell(r['case'])} | {r['outcome']} | " + " | ".join(cell(r.get(k, "")) for k in extra) + " |")
+            if columns:
+                figures = [cell(r.get(k, "")) for k in columns]
+            else:  # each case its own figures, as key=value
+                figures = [", ".join(f"{k}={cell(v)}" for k, v in r.items() if k not in ("area", "case", "outcome", "when"))]
+            print(f"| {cell(r['case'])} | {r['outcome']} | " + " | ".join(figures) + " |")
         print()
 
 
