@@ -43,13 +43,18 @@ def entries(cache: Path) -> list[dict]:
     return found
 
 
+def _lock_file(cache: Path, name: str) -> Path:
+    """The engine's lock of the entry NAME-KEY (or a source folder named by its hash)."""
+    return cache / "locks" / f"{name.rsplit('-', 1)[-1]}.lock"
+
+
 def sweep_leftovers(cache: Path) -> int:
     """Remove the temporary folders of killed runs (`.NAME-KEY.tmp-*`, `.NAME-KEY.old-*`) whose lock no run holds."""
     removed = 0
     for tmp in sorted((cache / "runs").glob(".*-*.*-*")) if (cache / "runs").is_dir() else []:
-        key = tmp.name[1:].rsplit(".", 1)[0].rsplit("-", 1)[-1]
-        (cache / "locks").mkdir(exist_ok=True)
-        with open(cache / "locks" / f"{key}.lock", "a") as handle:
+        lock = _lock_file(cache, tmp.name[1:].rsplit(".", 1)[0])
+        lock.parent.mkdir(exist_ok=True)
+        with open(lock, "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # a run is writing it now
@@ -69,7 +74,7 @@ def prune(cache: Path, max_bytes: int) -> list[dict]:
             break
         from edgewise.engine import _locked
 
-        with _locked(cache / "locks" / f"{entry['path'].name.split('-', 1)[-1]}.lock"):  # not while a run writes it
+        with _locked(_lock_file(cache, entry["path"].name)):  # not while a run writes it
             shutil.rmtree(entry["path"])
         total -= entry["bytes"]
         evicted.append(entry)

@@ -45,6 +45,7 @@ def _save_config(args, steps) -> bool:
 
 
 def _run(args, artifact, steps) -> engine.Artifact | None:
+    """Run `steps` (each command checks them first, before its model is fetched) and publish the result."""
     if _save_config(args, steps):
         return None
     plugins.load_all()
@@ -54,7 +55,7 @@ def _run(args, artifact, steps) -> engine.Artifact | None:
 
         check_name(args.register)
         open_registry(args.registry)
-    result = engine.run_steps(artifact, steps, engine.cache_root(args.cache_dir))
+    result = engine.run_steps(artifact, steps, engine.cache_root(args.cache_dir), checked=True)  # by the command
     out = engine.publish(result, Path(args.output_path))
     report = {"output_path": str(out), "pass": result.manifest["pass"], "metrics": result.manifest["metrics"]}
     if args.register:
@@ -76,12 +77,13 @@ def quantize(args) -> int:
 
 def finetune(args) -> int:
     config = config_from(args, FinetuneConfig)
-    config.check()
+    config.check()  # before the model is fetched or converted
     artifact = _source(args)
     steps = []
     if config.method == "qlora" and not quantization_config(artifact.path):
         steps.append(("quantize", QuantizeConfig(data_files=config.data_files, data_name=config.data_name,
                                                  text_template=config.text_template, device=config.device)))
+    engine.check_steps(steps)
     _run(args, artifact, steps + [("finetune", config)])
     return 0
 
@@ -94,7 +96,9 @@ def auto_opt(args) -> int:
     config = config_from(args, ExportConfig, adapter_path=adapter)
     if config.adapter_path and not Path(config.adapter_path).is_dir():
         raise EdgewiseError(f"adapter path not found: {args.adapter_path}")
-    _run(args, _source(args, str(model_path) if model_path else None), [("export", config)])
+    steps = [("export", config)]
+    engine.check_steps(steps)
+    _run(args, _source(args, str(model_path) if model_path else None), steps)
     return 0
 
 

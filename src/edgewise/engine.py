@@ -134,8 +134,10 @@ def intact(entry: Path) -> bool:
     return sizes_match and file_table(entry) == recorded
 
 
-def run_pass(name: str, artifact: Artifact, config, cache: Path) -> Artifact:
-    check_steps([(name, config)])
+def run_pass(name: str, artifact: Artifact, config, cache: Path, checked: bool = False) -> Artifact:
+    """Build `name` on `artifact`, or take it from the cache; `checked`: its config's check() already ran."""
+    if not checked:
+        check_steps([(name, config)])
     key = cache_key(artifact, name, config)
     entry = cache / "runs" / f"{name}-{key[:20]}"
     with _locked(cache / "locks" / f"{key[:20]}.lock"):
@@ -172,10 +174,12 @@ def check_steps(steps: list[tuple[str, Any]]) -> None:
             config.check()
 
 
-def run_steps(artifact: Artifact, steps: list[tuple[str, Any]], cache: Path) -> Artifact:
-    check_steps(steps)
+def run_steps(artifact: Artifact, steps: list[tuple[str, Any]], cache: Path, checked: bool = False) -> Artifact:
+    """Every step checked once, before any runs (unless the caller did it), then built in order."""
+    if not checked:
+        check_steps(steps)
     for name, config in steps:
-        artifact = run_pass(name, artifact, config, cache)
+        artifact = run_pass(name, artifact, config, cache, checked=True)
     return artifact
 
 
