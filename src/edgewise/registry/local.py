@@ -34,11 +34,17 @@ class LocalRegistry:
 
     @contextmanager
     def _db(self, write: bool = False):
-        self.root.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+        # Switching a new index to WAL does not wait on SQLite's busy timeout: two first pushes at once failed with
+        # "database is locked". Opening (WAL switch and schema) is therefore one process at a time.
+        with self._file_lock("index.lock", exclusive=True):
+            db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield db
             db.execute("COMMIT")
@@ -49,11 +55,14 @@ class LocalRegistry:
             db.close()
 
     @contextmanager
-    def _blob_lock(self, exclusive: bool):
+    def _file_lock(self, name: str, exclusive: bool):
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "blobs.lock", "w") as handle:
+        with open(self.root / name, "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
+
+    def _blob_lock(self, exclusive: bool):
+        return self._file_lock("blobs.lock", exclusive)
 
     def _blob(self, sha256: str) -> Path:
         return self.root / "blobs" / sha256[:2] / sha256
