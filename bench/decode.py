@@ -8,13 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgewise import engine, passes, sources  # noqa: F401
-from edgewise.benchmark import measure
-from edgewise.onnx_lora import ADAPTER_FILE
+from edgewise import engine
+from edgewise.sources import model as sources
+from edgewise.runtime.benchmark import measure
+from edgewise.models.onnx_lora import ADAPTER_FILE
 from edgewise.passes.export import ExportConfig, set_threads
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.passes.quantize import QuantizeConfig
-from edgewise.runtime import Runtime
+from edgewise.runtime.genai import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 

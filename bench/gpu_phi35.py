@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from edgewise import engine, passes  # noqa: F401
+from edgewise import engine
 from edgewise.passes.export import ExportConfig
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.passes.quantize import QuantizeConfig

@@ -4,21 +4,34 @@ sets: English prose (docstrings of Python standard-library modules) and the lab'
 Usage: python bench/perplexity.py [awq,gptq,rtn]"""
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from edgewise import engine, sources
-from edgewise.evaluate import perplexity, stdlib_prose
-from edgewise.modeling import load_model, load_tokenizer
+from edgewise import engine
+from edgewise.sources import model as sources
+from edgewise.evaluators.models import TorchModel
+from edgewise.evaluators.perplexity import stdlib_prose
+from edgewise.models.checkpoint import load_model, load_tokenizer
 from edgewise.passes.quantize import default_calibration
 from edgewise.quant.calib import token_windows
 from edgewise.quant.int4 import QuantSpec
 from edgewise.quant.layerwise import quantize_model
 
 TRAVEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "travel" / "data_sample_travel.jsonl"
+
+
+
+def perplexity(model, windows: torch.Tensor) -> float:
+    """exp(mean next-token loss) over [n, seq_len] windows, scored as the perplexity evaluator scores PyTorch models."""
+    scorer = TorchModel(folder, None)
+    scorer.__dict__["model"] = model  # the model in memory, not the folder's
+    return math.exp(-np.concatenate([scorer.logprobs(w.tolist()) for w in windows]).mean())
+
 
 torch.manual_seed(0)
 folder = sources.resolve(None, engine.cache_root())

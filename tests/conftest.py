@@ -99,9 +99,9 @@ def cache(tmp_path, monkeypatch) -> Path:
 def tiny_onnx(tiny_llama, tiny_data, tmp_path_factory):
     """An fp32 export of the tiny Llama with two adapters: 'one' (shipped with it) and 'two' (converted); `peft`
     is the PEFT folder of 'one'."""
-    from edgewise import engine, passes  # noqa: F401
-    from edgewise.modeling import read_config
-    from edgewise.onnx_lora import ADAPTER_FILE, convert_adapter
+    from edgewise import engine
+    from edgewise.models.checkpoint import read_config
+    from edgewise.models.onnx_lora import ADAPTER_FILE, convert_adapter
     from edgewise.passes.export import ExportConfig
     from edgewise.passes.finetune import FinetuneConfig
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgewise import engine, passes  # noqa: F401
-from edgewise.modeling import load_model, load_tokenizer, read_tensors
-from edgewise.onnx_lora import ADAPTER_FILE, peft_pieces, write_adapter, adapter_tensors
+from edgewise import engine
+from edgewise.models.checkpoint import load_model, load_tokenizer, read_tensors
+from edgewise.models.onnx_lora import ADAPTER_FILE, peft_pieces, write_adapter, adapter_tensors
 from edgewise.passes.export import ExportConfig
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.passes.quantize import QuantizeConfig
-from edgewise.quant.int4 import unpack_gptq
-from edgewise.runtime import Runtime
+from edgewise.models.qtensor import unpack_gptq
+from edgewise.runtime.genai import Runtime
 
 
 def quantized(tiny, cache, data, algorithm="awq"):
@@ -47,8 +47,7 @@ def test_quantize_loads_as_exactly_dequantized_ints(tiny, cache, tiny_data, algo
 
 
 def test_export_keeps_the_exact_int4_values(tiny, cache, tiny_data):
-    from edgewise.archs import arch_for
-    from edgewise.onnx_lora import FUSED, projection_sizes
+    from edgewise.models.archs import projection_sizes, unpacked
 
     art = quantized(tiny, cache, tiny_data)
     out = engine.run_pass("export", art, ExportConfig(lm_head_bits=4), cache)
@@ -56,20 +55,20 @@ def test_export_keeps_the_exact_int4_values(tiny, cache, tiny_data):
     inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
     tensors = read_tensors(art.path)
     config = load_model(art.path).config
-    sizes, packed = projection_sizes(config), dict(arch_for(config).packed)
+    sizes = projection_sizes(config)
     canonical = {}  # (layer, canonical projection) -> int rows
     for key in [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]:
         parts = {s: tensors[f"{key}.{s}"] for s in ("qweight", "qzeros", "scales", "g_idx")}
         q, row = unpack_gptq(parts, 4).q.numpy(), 0
         layer, name = int(key.split(".")[2]), key.split(".")[-1]
-        for piece in packed.get(name, (name,)):
+        for piece in unpacked(name):
             canonical[(layer, piece)] = q[row:row + sizes[piece]]
             row += sizes[piece]
     checked = 0
     for node in graph.graph.node:
         m = re.match(r"/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMulNBits", node.name)
         if m:
-            ours = np.concatenate([canonical[(int(m[1]), p)] for p in FUSED.get(m[3], (m[3],))])
+            ours = np.concatenate([canonical[(int(m[1]), p)] for p in unpacked(m[3])])
             packed_ints = inits[node.input[1]]
             ints = np.stack([packed_ints & 15, packed_ints >> 4], -1).reshape(packed_ints.shape[0], -1)
             assert np.array_equal(ints, ours), node.name
@@ -84,7 +83,7 @@ def _greedy_torch(model, ids, n):
 
 
 def _greedy_ort(runtime, ids, adapter, n):
-    from edgewise.runtime import Sampling
+    from edgewise.runtime.genai import Sampling
 
     return [t for t, _ in runtime.stream_tokens(ids, adapter, Sampling(max_new_tokens=n))]
 
@@ -157,7 +156,7 @@ def test_packed_and_split_adapters_map_to_the_same_inputs(tmp_path):
 def test_awq_scale_folding_preserves_the_function(tiny):
     """Folding any positive per-channel scale into each group (and 1/s into its producer) leaves the model's outputs
     unchanged: the per-architecture table names the right producers (norms, up/gate_up rows, Gemma's 1 + w)."""
-    from edgewise.archs import arch_for
+    from edgewise.models.archs import arch_for
     from edgewise.quant.layerwise import _fold_scale
 
     model = load_model(tiny)

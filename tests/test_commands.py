@@ -10,12 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import RECORDS
-from edgewise import datasets, engine, passes  # noqa: F401
-from edgewise.modeling import load_tokenizer
-from edgewise.onnx_lora import ADAPTER_FILE
+from edgewise import engine
+from edgewise.sources import datasets
+from edgewise.models.checkpoint import load_tokenizer
+from edgewise.models.onnx_lora import ADAPTER_FILE
 from edgewise.passes import finetune
 from edgewise.passes.finetune import FinetuneConfig
-from edgewise.runtime import Runtime, Sampling
+from edgewise.runtime.genai import Runtime, Sampling
 from test_cli_errors import edgewise
 
 
@@ -97,7 +98,7 @@ def test_convert_adapters_and_benchmark_on_one_base(tiny_llama, tiny_data, tmp_p
     assert done.returncode == 0, done.stderr
     model = tmp_path / "onnx" / "model"
     done = edgewise("convert-adapters", "--model", str(model), "--adapter_path", f"two={tmp_path / 'two' / 'adapter'}",
-                    "--output_path", str(tmp_path / "adapters"), *cache)
+                    "--output_path", str(tmp_path / "adapters"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "adapters" / "two.onnx_adapter")
 

@@ -3,11 +3,11 @@ checkpoint and an adapter that learns, and AWQ on the GPU stays as close to fp32
 import pytest
 import torch
 
-from edgewise import engine, passes  # noqa: F401
-from edgewise.modeling import load_model, read_tensors
+from edgewise import engine
+from edgewise.models.checkpoint import load_model, read_tensors
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.passes.quantize import QuantizeConfig
-from edgewise.quant.int4 import unpack_gptq
+from edgewise.models.qtensor import unpack_gptq
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

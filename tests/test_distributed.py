@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgewise import engine, passes  # noqa: F401
+from edgewise import engine
 from edgewise.passes.finetune import FinetuneConfig
 from test_cli_errors import edgewise
 

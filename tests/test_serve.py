@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from conftest import RECORDS
-from edgewise.runtime import Runtime, Sampling
+from edgewise.runtime.genai import Runtime, Sampling
 
 QUESTIONS = [r["prompt"] for r in RECORDS[:4]]
 

@@ -1,3 +1,3 @@
-from edgewise.cli import main
+from edgewise.cli.main import main
 
 raise SystemExit(main())

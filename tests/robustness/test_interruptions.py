@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgewise.fsutil import MANIFEST
+from edgewise.core.fsutil import MANIFEST
 from ledger import record
 
 PASSES = {

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgewise import datasets
-from edgewise.errors import EdgewiseError
+from edgewise.sources import datasets
+from edgewise.core.errors import EdgewiseError
 from ledger import record
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,  # the same examples every run

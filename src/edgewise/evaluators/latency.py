@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 from edgewise.evaluators import evaluator
+from edgewise.runtime.benchmark import BenchmarkConfig
 
 
 @dataclass(frozen=True)
-class LatencyConfig:
-    prompt_tokens: int = field(default=128, metadata={"help": "prompt length"})
+class LatencyConfig(BenchmarkConfig):
     gen_tokens: int = field(default=64, metadata={"help": "tokens generated per run"})
-    runs: int = field(default=3, metadata={"help": "timed runs after one warm-up; medians are reported"})
     adapter: bool = field(default=True, metadata={"help": "with the model's adapter active, where it has one"})
 
 
 @evaluator("latency", LatencyConfig, better={"ttft_ms": "lower", "decode_tok_s": "higher", "decode_ms_p50": "lower",
                                              "decode_ms_p90": "lower", "peak_rss_mb": "lower"})
 def run(model, config: LatencyConfig) -> dict:
-    from edgewise.benchmark import measure
+    from edgewise.runtime.benchmark import measure
 
     if model.kind != "onnx":
         raise EdgewiseError("latency is measured on exported models: end the passes with an export")

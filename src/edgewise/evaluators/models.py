@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgewise.errors import EdgewiseError
-from edgewise.modeling import load_tokenizer
-from edgewise.onnx_lora import ADAPTER_FILE
+from edgewise.core.artifact import MODEL, model_and_adapter
+from edgewise.core.errors import EdgewiseError
+from edgewise.models.checkpoint import load_tokenizer
+from edgewise.models.onnx_lora import ADAPTER_FILE
 
 
 class _Lazy:
@@ -30,7 +31,7 @@ class OnnxModel(_Lazy):
 
     @functools.cached_property
     def runtime(self):
-        from edgewise.runtime import Runtime
+        from edgewise.runtime.genai import Runtime
 
         return Runtime(self.folder, {"eval": self.adapter_path} if self.adapter_path else {})
 
@@ -48,7 +49,7 @@ class OnnxModel(_Lazy):
         return logits[np.arange(len(ids) - 1), ids[1:]] - log_z
 
     def answer(self, ids: list[int], max_new_tokens: int) -> str:
-        from edgewise.runtime import Sampling
+        from edgewise.runtime.genai import Sampling
 
         return "".join(self.runtime.stream(ids, self.adapter, Sampling(max_new_tokens)))
 
@@ -58,7 +59,7 @@ class TorchModel(_Lazy):
 
     @functools.cached_property
     def model(self):
-        from edgewise.modeling import load_model
+        from edgewise.models.checkpoint import load_model
 
         model = load_model(self.folder)
         if self.adapter_path:
@@ -86,13 +87,12 @@ class TorchModel(_Lazy):
 def locate(path: Path) -> tuple[str, Path, Path | None]:
     """(kind, model folder, adapter or None) of a pass output: export, finetune, quantize or a plain HF folder."""
     path = Path(path)
-    for folder in (path / "model", path):
+    for folder in (path / MODEL, path):
         if (folder / "genai_config.json").is_file():
             return "onnx", folder, folder / ADAPTER_FILE if (folder / ADAPTER_FILE).is_file() else None
-    if (path / "model" / "config.json").is_file():
-        return "torch", path / "model", path / "adapter" if (path / "adapter").is_dir() else None
-    if (path / "config.json").is_file():
-        return "torch", path, None
+    folder, adapter = model_and_adapter(path)
+    if (folder / "config.json").is_file():
+        return "torch", folder, adapter
     raise EdgewiseError(f"{path} holds no model to evaluate (neither genai_config.json nor config.json)")
 
 

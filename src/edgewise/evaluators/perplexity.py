@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from edgewise import datasets
+from edgewise.sources import datasets
 from edgewise.evaluators import evaluator
 
 
@@ -23,17 +23,40 @@ class PerplexityConfig:
     seq_len: int = field(default=512, metadata={"help": "tokens per record or window"})
     adapter: bool = field(default=True, metadata={"help": "with the model's adapter active, where it has one"})
 
+    def check(self) -> None:
+        """Before any work: a given data file loads and fits the template."""
+        if self.data_files:
+            self.records()
+
+    def records(self):
+        return datasets.load_formatted(self.data_files, self.data_name, self.text_template, self.prompt_column,
+                                       self.response_column, self.data_split)
+
+
+def stdlib_prose(modules: tuple[str, ...] = ("argparse", "json", "collections", "logging", "pathlib", "subprocess",
+                                             "threading", "unittest", "email", "http.client")) -> list[str]:
+    """Held-out English prose available offline on any machine: docstrings of Python standard-library modules."""
+    import importlib
+    import inspect
+
+    texts = []
+    for name in modules:
+        module = importlib.import_module(name)
+        for obj in [module, *vars(module).values()]:
+            doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj) or obj is module) else None
+            if doc and len(doc) > 200:
+                texts.append(doc)
+    return texts
+
 
 def scored_sequences(config: PerplexityConfig, tokenizer) -> list[tuple[list[int], list[bool]]]:
     """(token ids, which next-token predictions count) per record or prose window."""
     if not config.data_files:
-        from edgewise.evaluate import stdlib_prose
         from edgewise.quant.calib import token_windows
 
         windows = token_windows(tokenizer, stdlib_prose(), config.max_samples, config.seq_len)
         return [(w.tolist(), [True] * (len(w) - 1)) for w in windows]
-    records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template,
-                                                 config.prompt_column, config.response_column, config.data_split)
+    records, formatter = config.records()
     examples = datasets.tokenize(records[:config.max_samples], formatter, tokenizer, config.seq_len,
                                  config.response_only)
     return [(ex["input_ids"], [label != datasets.IGNORE for label in ex["labels"][1:]]) for ex in examples]

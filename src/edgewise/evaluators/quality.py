@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from edgewise import datasets
-from edgewise.errors import EdgewiseError
+from edgewise.sources import datasets
+from edgewise.core.errors import EdgewiseError
 from edgewise.evaluators import evaluator
 
 
@@ -21,6 +21,17 @@ class QualityConfig:
     max_samples: int = field(default=16, metadata={"help": "prompts answered"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens per answer"})
     adapter: bool = field(default=True, metadata={"help": "with the model's adapter active, where it has one"})
+
+    def check(self) -> None:
+        """Before any work: the data file is there, loads, and has the prompt and response columns."""
+        self.records()
+
+    def records(self) -> list[dict]:
+        if not self.data_files:
+            raise EdgewiseError("the quality evaluator needs data_files with prompts and reference responses")
+        records, _ = datasets.load_formatted(self.data_files, self.data_name, None, self.prompt_column,
+                                             self.response_column, self.data_split)
+        return records
 
 
 def words(text: str) -> list[str]:
@@ -42,10 +53,7 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 @evaluator("quality", QualityConfig, better={"exact_match": "higher", "rouge_l": "higher"})
 def run(model, config: QualityConfig) -> dict:
-    if not config.data_files:
-        raise EdgewiseError("the quality evaluator needs data_files with prompts and reference responses")
-    records = datasets.select(datasets.load_records(config.data_files, config.data_name), config.data_split)
-    datasets.Formatter(None, config.prompt_column, config.response_column).check(records, config.data_files)
+    records = config.records()
     exact, rouge = [], []
     for record in records[:config.max_samples]:
         messages = [{"role": "user", "content": str(record[config.prompt_column])}]

@@ -18,7 +18,8 @@ def _mb(paths) -> float:
     return sum(p.stat().st_size for p in paths) / 1e6
 
 
-@evaluator("size", SizeConfig, better={"size_mb": "lower", "adapter_mb": "lower"})
+@evaluator("size", SizeConfig, better={"size_mb": "lower", "adapter_mb": "lower"},
+           tolerance={"size_mb": 0.01, "adapter_mb": 0.01})  # a 1% smaller file is no reason to take a worse model
 def run(model, config: SizeConfig) -> dict:
     adapter = model.adapter_path
     base = [p for p in Path(model.folder).iterdir() if p.suffix in WEIGHTS and p.suffix != ".onnx_adapter"]

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import onnx
 
-from edgewise import onnx_lora
-from edgewise.engine import Artifact, register
-from edgewise.errors import EdgewiseError
-from edgewise.log import log
-from edgewise.modeling import copy_side_files, load_model, quantization_config, read_config
+from edgewise.models import onnx_lora
+from edgewise.models.archs import unpacked
+from edgewise.core.artifact import MODEL, Artifact, model_and_adapter
+from edgewise.passes import register
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.log import log
+from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config, read_config
 
 PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 
@@ -45,10 +47,8 @@ def execution_provider(config: ExportConfig) -> str:
 def export_inputs(folder: Path, config: ExportConfig) -> tuple[Path, Path | None]:
     """The base model folder and the adapter to ship: a finetune output (model/ + adapter/) exports its own base with
     its own adapter (unless --adapter_path names another), as in a workflow's finetune -> export."""
-    adapter = Path(config.adapter_path) if config.adapter_path else None
-    if (folder / "model").is_dir() and (folder / "adapter").is_dir():
-        return folder / "model", adapter or folder / "adapter"
-    return folder, adapter
+    base, own = model_and_adapter(folder)
+    return base, Path(config.adapter_path) if config.adapter_path else own
 
 
 def lora_target_set(adapter: Path | None, config: ExportConfig) -> set[str]:
@@ -61,7 +61,7 @@ def lora_target_set(adapter: Path | None, config: ExportConfig) -> set[str]:
         targets.update(modules if isinstance(modules, list) else [modules])
     if config.lora_targets:
         targets.update(t.strip() for t in config.lora_targets.split(",") if t.strip())
-    return {name for t in targets for name in onnx_lora.FUSED.get(t, (t,))}
+    return {name for t in targets for name in unpacked(t)}
 
 
 def builder_input(folder: Path, precision: str, work: Path) -> Path:
@@ -127,7 +127,7 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     base, adapter = export_inputs(artifact.path, config)
     hf_config = read_config(base)
     targets = lora_target_set(adapter, config)
-    model_dir = out / "model"
+    model_dir = out / MODEL
     run_builder(builder_input(base, config.precision, work), model_dir, config, work)
     set_threads(model_dir, config.threads)
     model = onnx.load(model_dir / "model.onnx")
@@ -147,7 +147,7 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
 
 def validate(model_dir: Path) -> None:
     """Load the model (and its adapter) with onnxruntime-genai: a broken export must fail here, not later."""
-    from edgewise.runtime import Runtime
+    from edgewise.runtime.genai import Runtime
 
     adapter = model_dir / onnx_lora.ADAPTER_FILE
     try:

@@ -2,22 +2,26 @@
 inference uses. Writes `adapter/` (standard PEFT files) and `model/` (the base as hard links, not a copy)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from edgewise import datasets, devices, distributed
-from edgewise.archs import arch_for
-from edgewise.engine import Artifact, register
-from edgewise.errors import EdgewiseError
-from edgewise.fsutil import MANIFEST, link_tree
-from edgewise.log import log
-from edgewise.modeling import load_model, load_tokenizer
+from edgewise.compute import devices, distributed
+from edgewise.sources import datasets
+from edgewise.models.archs import arch_for
+from edgewise.core.artifact import ADAPTER, MODEL, Artifact
+from edgewise.passes import register
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.fsutil import MANIFEST, link_tree
+from edgewise.core.log import log
+from edgewise.models.checkpoint import load_model, load_tokenizer, quantization_config
 
 
 @dataclass(frozen=True)
@@ -108,14 +112,24 @@ def batches(examples: list[dict], size: int, seed: int):
 
 @register("finetune", FinetuneConfig)
 def run(artifact: Artifact, config: FinetuneConfig, out, work) -> dict:
+    if config.method == "qlora" and not quantization_config(artifact.path):
+        raise EdgewiseError("method qlora trains over a quantized base: quantize first (commands and workflows add "
+                            "that step themselves)")
     if config.nproc > 1:
-        metrics = distributed.launch(config.nproc, artifact.path, config, out, work)
+        arguments = {"model_path": str(artifact.path), "config": dataclasses.asdict(config), "out": str(out),
+                     "work": str(work)}
+        metrics = distributed.launch(config.nproc, f"{__name__}:worker", arguments, work)
     else:
         metrics = train_and_save(artifact.path, config, out, work)
-    _record_base(out / "adapter", artifact)
+    _record_base(out / ADAPTER, artifact)
     # The base's own manifest stays out: OUT/model is identified (and its lineage told) by OUT's manifest.
-    link_tree(artifact.path, out / "model", skip=(MANIFEST,))
+    link_tree(artifact.path, out / MODEL, skip=(MANIFEST,))
     return metrics
+
+
+def worker(model_path: str, config: dict, out: str, work: str) -> dict:
+    """One torchrun process of a `--nproc N` finetune (see compute.distributed.launch)."""
+    return train_and_save(Path(model_path), FinetuneConfig(**config), Path(out), Path(work))
 
 
 def train_and_save(model_path, config: FinetuneConfig, out, work) -> dict:
@@ -146,7 +160,7 @@ def train_and_save(model_path, config: FinetuneConfig, out, work) -> dict:
     if held_out and (distributed.rank() == 0 or config.sharding == "fsdp"):
         metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
     if distributed.rank() == 0:
-        model.save_pretrained(out / "adapter", state_dict=lora_state)
+        model.save_pretrained(out / ADAPTER, state_dict=lora_state)
     return metrics
 
 

@@ -9,20 +9,23 @@ from importlib import resources
 
 import torch
 
-from edgewise import datasets, devices
-from edgewise.engine import Artifact, register
-from edgewise.errors import EdgewiseError
-from edgewise.log import log
-from edgewise.modeling import load_model, load_tokenizer, quantization_config, save_quantized
+from edgewise.compute import devices
+from edgewise.sources import datasets
+from edgewise.core.artifact import Artifact
+from edgewise.passes import register
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.log import log
+from edgewise.models.checkpoint import load_model, load_tokenizer, quantization_config, save_quantized
 from edgewise.quant.calib import token_windows
 from edgewise.quant.int4 import QuantSpec
-from edgewise.quant.layerwise import ALGORITHMS, quantize_model
+from edgewise.quant.algorithms import ALGORITHMS
+from edgewise.quant.layerwise import quantize_model
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     algorithm: str = field(default="awq", metadata={"help": "awq (activation-aware scales + clipping), gptq or rtn",
-                                                    "choices": ALGORITHMS})
+                                                    "choices": tuple(ALGORITHMS)})
     bits: int = field(default=4, metadata={"help": "weight bits", "choices": (4, 8)})
     group_size: int = field(default=32, metadata={
         "help": "weights per scale; halved for a layer whose width it does not divide"})

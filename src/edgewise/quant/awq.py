@@ -11,7 +11,8 @@ from typing import Callable
 
 import torch
 
-from edgewise.quant.int4 import QTensor, QuantSpec, dequantize, group_params, quantize_with, rtn
+from edgewise.models.qtensor import QTensor, dequantize
+from edgewise.quant.int4 import QuantSpec, effective_group_size, group_params, quantize_with, rtn
 
 
 def output_error(delta: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -85,3 +86,21 @@ def clip_quantize(w: torch.Tensor, gram: torch.Tensor, spec: QuantSpec, group_si
         best_err = torch.where(better, err, best_err)
         best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
     return rtn(w, spec, group_size, clip=best_ratio)
+
+
+def group_scale(layer, group, stats, block_input, spec: QuantSpec, n_grid: int) -> torch.Tensor:
+    """The scale of one input group of a decoder layer: scored on its block's output where the table names a block
+    (the MLP for gate/up), else on the linears' own outputs."""
+    linears = [layer.get_submodule(n) for n in group.linears]
+    weights = [linear.weight for linear in linears]
+    group_size = effective_group_size(weights[0].shape[1], spec.group_size)
+    if group.block:
+        error = block_error(layer.get_submodule(group.block), linears, block_input, spec, group_size)
+    else:
+        error = linear_error(weights, stats.gram, spec, group_size)
+    return search_scale(weights, stats.abs_mean, error, group_size, n_grid)
+
+
+def awq_linear(w, gram, spec: QuantSpec, group_size: int, clip: bool, n_grid: int) -> QTensor:
+    """A linear after scaling: clipped where the table allows it (not where softmax follows), else round-to-nearest."""
+    return clip_quantize(w, gram, spec, group_size, n_grid) if clip else rtn(w, spec, group_size)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from edgewise.models.checkpoint import decoder_layers
+
 
 @dataclass
 class InputStats:
@@ -47,7 +49,7 @@ class _Captured(Exception):
 
 def first_layer_inputs(model, windows: torch.Tensor, batch_size: int):
     """Hidden states entering decoder layer 0 for each batch, and the keyword arguments the layer receives."""
-    layer0 = model.model.layers[0]
+    layer0 = decoder_layers(model)[0]
     hidden, kwargs = [], {}
 
     def grab(_module, args, kw):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from edgewise.quant.int4 import QTensor, QuantSpec, group_params
+from edgewise.models.qtensor import QTensor
+from edgewise.quant.int4 import QuantSpec, group_params
 
 
 def gptq_quantize(w: torch.Tensor, gram: torch.Tensor, spec: QuantSpec, group_size: int,

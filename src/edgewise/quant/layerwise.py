@@ -1,68 +1,54 @@
-"""Quantize a model one decoder layer at a time: collect input statistics, (AWQ) fold scales, quantize each linear,
-then feed the quantized layer's outputs to the next layer. Returns the chosen integers per linear."""
+"""Quantize a model one decoder layer at a time: collect input statistics, fold scales (for algorithms that search
+them), quantize each linear, then feed the quantized layer's outputs to the next layer. Returns the chosen integers
+per linear."""
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
-from edgewise.archs import Arch, InputGroup, arch_for
-from edgewise.quant.awq import block_error, clip_quantize, linear_error, search_scale
+from edgewise.models.archs import Arch, InputGroup, arch_for
+from edgewise.models.checkpoint import decoder_layers
+from edgewise.models.qtensor import QTensor
+from edgewise.quant.algorithms import ALGORITHMS, Algorithm
 from edgewise.quant.calib import first_layer_inputs, layer_stats, run_layer
-from edgewise.quant.gptq import gptq_quantize
-from edgewise.quant.int4 import QTensor, QuantSpec, effective_group_size, rtn
-
-ALGORITHMS = ("awq", "gptq", "rtn")
+from edgewise.quant.int4 import QuantSpec, effective_group_size
 
 
 @torch.no_grad()
 def quantize_model(model, windows: torch.Tensor | None, spec: QuantSpec, algorithm: str,
                    batch_size: int = 4, n_grid: int = 20) -> dict[str, QTensor]:
-    arch = arch_for(model.config)
-    layers = model.model.layers
-    if algorithm != "rtn":
+    algo, arch = ALGORITHMS.lookup(algorithm), arch_for(model.config)
+    if algo.calibrated:
         hidden, kwargs = first_layer_inputs(model, windows, batch_size)
     result: dict[str, QTensor] = {}
-    for i, layer in enumerate(tqdm(layers, desc=f"{algorithm} int{spec.bits}", unit="layer", leave=False)):
-        grams = {}
-        if algorithm != "rtn":
-            blocks = tuple(g.block for g in arch.groups if g.block) if algorithm == "awq" else ()
-            stats, block_inputs = layer_stats(layer, [g.linears[0] for g in arch.groups], hidden, kwargs, blocks)
-            grams = {g: stats[g.linears[0]].gram for g in arch.groups}
-        if algorithm == "awq":
-            for group in arch.groups:
-                if group.prev:
-                    s = _awq_scale(layer, group, stats[group.linears[0]], block_inputs.get(group.block), spec, n_grid)
-                    _fold_scale(layer, group, s, arch)
-                    grams[group] = grams[group] / torch.outer(s, s)
+    for i, layer in enumerate(tqdm(decoder_layers(model), desc=f"{algorithm} int{spec.bits}", unit="layer",
+                                   leave=False)):
+        grams = _scaled_grams(layer, arch, algo, hidden, kwargs, spec, n_grid) if algo.calibrated else {}
         for group in arch.groups:
             for name in group.linears:
                 linear = layer.get_submodule(name)
-                qt = _quantize_linear(linear.weight.float(), grams.get(group), spec, algorithm, name, arch, n_grid)
+                w = linear.weight.float()
+                clip = name.split(".")[-1] not in arch.no_clip
+                qt = algo.quantize(w, grams.get(group), spec, effective_group_size(w.shape[1], spec.group_size),
+                                   clip, n_grid)
                 linear.weight.copy_(qt.dequantize().to(linear.weight.dtype))
-                result[f"model.layers.{i}.{name}"] = qt
-        if algorithm != "rtn":
+                result[f"{arch.layers}.{i}.{name}"] = qt
+        if algo.calibrated:
             hidden = run_layer(layer, hidden, kwargs)
     return result
 
 
-def _quantize_linear(w, gram, spec, algorithm, name, arch: Arch, n_grid) -> QTensor:
-    group_size = effective_group_size(w.shape[1], spec.group_size)
-    if algorithm == "gptq":
-        return gptq_quantize(w, gram, spec, group_size)
-    if algorithm == "awq" and name.split(".")[-1] not in arch.no_clip:
-        return clip_quantize(w, gram, spec, group_size, n_grid)
-    return rtn(w, spec, group_size)
-
-
-def _awq_scale(layer, group: InputGroup, stats, block_input, spec: QuantSpec, n_grid: int) -> torch.Tensor:
-    linears = [layer.get_submodule(n) for n in group.linears]
-    weights = [linear.weight for linear in linears]
-    group_size = effective_group_size(weights[0].shape[1], spec.group_size)
-    if group.block:
-        error = block_error(layer.get_submodule(group.block), linears, block_input, spec, group_size)
-    else:
-        error = linear_error(weights, stats.gram, spec, group_size)
-    return search_scale(weights, stats.abs_mean, error, group_size, n_grid)
+def _scaled_grams(layer, arch: Arch, algo: Algorithm, hidden, kwargs, spec: QuantSpec, n_grid: int) -> dict:
+    """Each input group's Gram matrix, after the algorithm's scales (if it searches them) are folded in."""
+    blocks = tuple(g.block for g in arch.groups if g.block) if algo.scale else ()
+    stats, block_inputs = layer_stats(layer, [g.linears[0] for g in arch.groups], hidden, kwargs, blocks)
+    grams = {g: stats[g.linears[0]].gram for g in arch.groups}
+    for group in arch.groups if algo.scale else ():
+        if group.prev:
+            s = algo.scale(layer, group, stats[group.linears[0]], block_inputs.get(group.block), spec, n_grid)
+            _fold_scale(layer, group, s, arch)
+            grams[group] = grams[group] / torch.outer(s, s)
+    return grams
 
 
 def _fold_scale(layer, group: InputGroup, s: torch.Tensor, arch: Arch) -> None:

@@ -12,8 +12,8 @@ import socket
 import time
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
-from edgewise.fsutil import MANIFEST, file_sha256, stable_hash
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.fsutil import MANIFEST, file_sha256, stable_hash
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -96,7 +96,7 @@ def open_registry(uri: str | None = None):
 
 def pull_into(to: Path, fill, record: dict) -> Path:
     """Write a version into `to` atomically: `fill(tmp)` copies the files, then every checksum is verified."""
-    from edgewise.fsutil import atomic_dir, check_output_path
+    from edgewise.core.fsutil import atomic_dir, check_output_path
 
     to = Path(to)
     check_output_path(to)

@@ -10,7 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 from edgewise.registry import check_alias, check_name, describe, pull_into
 
 RECORD = "edgewise_registry.json"

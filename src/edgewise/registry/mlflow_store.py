@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 from edgewise.registry import check_alias, check_name, describe, pull_into
 
 EXPERIMENT = "edgewise-registry"

@@ -16,22 +16,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
+from edgewise.models.archs import projection_sizes, unpacked
 
 LAYOUT = "lora_layout.json"
 ADAPTER_FILE = "adapter_weights.onnx_adapter"
 # The builder names a projection /model/layers.N/attn|mlp/NAME/MatMul, MatMulNBits when the checkpoint was already
 # int4, and MatMul_Q4 (a MatMulNBits node) when it quantizes an fp checkpoint itself.
 _NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+_proj)/MatMul(?:NBits)?(?:_Q\d+)?$")
-FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-
-
-def projection_sizes(config) -> dict[str, int]:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return {"q_proj": config.num_attention_heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim,
-            "o_proj": config.hidden_size, "gate_proj": config.intermediate_size,
-            "up_proj": config.intermediate_size, "down_proj": config.hidden_size}
 
 
 def _weight_shape(node, inits) -> tuple[int, int]:
@@ -52,7 +44,7 @@ def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
         if not match:
             continue
         layer, block, proj = int(match[1]), match[2], match[3]
-        covered = FUSED.get(proj, (proj,))
+        covered = unpacked(proj)
         if not targets.intersection(covered):
             continue
         k, n = _weight_shape(node, inits)
@@ -127,7 +119,7 @@ def peft_pieces(adapter_dir: Path, config) -> dict[tuple[int, str], tuple[np.nda
     sizes = projection_sizes(config)
     pieces = {}
     for (layer, module), ab in raw.items():
-        names = FUSED.get(module, (module,))
+        names = unpacked(module)
         expected = sum(sizes.get(n, 0) for n in names)
         if set(ab) != {"A", "B"} or any(n not in sizes for n in names) or ab["B"].shape[0] != expected:
             raise EdgewiseError(f"{adapter_dir}: its layer {layer} {module} does not fit the model (outputs "

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 
 
 def resolve(device: str) -> str:

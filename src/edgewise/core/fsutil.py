@@ -1,6 +1,7 @@
 """Folder operations: fingerprints, atomic writes, and publishing cache entries as hard links instead of copies."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -9,7 +10,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -94,3 +95,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock on `path` (created if needed) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

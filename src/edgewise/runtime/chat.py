@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from edgewise.runtime import Runtime, Sampling
+from edgewise.runtime.genai import Runtime, Sampling
 
 HELP = "commands: /adapter NAME | /adapter none | /adapters | /reset | /exit"
 

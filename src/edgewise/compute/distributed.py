@@ -2,11 +2,11 @@
 or per share of the CPU cores (gloo). Each process trains on its share of every optimizer step's micro-batches and the
 gradients are averaged, so N processes learn what one process learns with N times the gradient accumulation.
 
-The finetune pass runs `torchrun --nproc_per_node N -m edgewise.distributed JOB.json`; rank 0 writes the adapter
+The finetune pass runs `torchrun --nproc_per_node N -m edgewise.compute.distributed JOB.json`; rank 0 writes the adapter
 and the metrics, the pass itself publishes the result as usual."""
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import json
 import os
 import socket
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from edgewise.errors import EdgewiseError
-from edgewise.log import log
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.log import log
 
 
 def rank() -> int:
@@ -62,7 +62,7 @@ def wrap(model, sharding: str):
         return torch.nn.parallel.DistributedDataParallel(model)
     from torch.distributed.fsdp import fully_shard
 
-    from edgewise.modeling import decoder_layers
+    from edgewise.models.checkpoint import decoder_layers
 
     for layer in decoder_layers(model.get_base_model() if hasattr(model, "get_base_model") else model):
         fully_shard(layer)
@@ -101,38 +101,35 @@ def load_full_state(model, optimizer, lora: dict, optim: dict) -> None:
     set_optimizer_state_dict(model, optimizer, optim, options=options)
 
 
-def launch(nproc: int, model: Path, config, out: Path, work: Path) -> dict:
-    """Run the finetune pass in `nproc` torchrun processes and return rank 0's metrics."""
+def launch(nproc: int, entry: str, arguments: dict, work: Path) -> dict:
+    """Run `entry` ("module:function", called with `arguments` as keywords) in `nproc` torchrun processes and return
+    what rank 0's call returned."""
     job = work / "job.json"
-    job.write_text(json.dumps({"model": str(model), "config": dataclasses.asdict(config), "out": str(out),
-                               "work": str(work)}))
+    job.write_text(json.dumps({"entry": entry, "arguments": arguments, "work": str(work)}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     threads = max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(port), "-m", "edgewise.distributed", str(job)]
+           "127.0.0.1", "--master_port", str(port), "-m", "edgewise.compute.distributed", str(job)]
     log_path = work / "torchrun.log"
-    log.info("finetune: %d processes (torchrun, %d threads each); log: %s", nproc, threads, log_path)
+    log.info("%d processes (torchrun, %d threads each); log: %s", nproc, threads, log_path)
     with open(log_path, "w") as handle:
         done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
     metrics = work / "metrics.json"
     if done.returncode != 0 or not metrics.is_file():
         errors = [ln for ln in log_path.read_text().splitlines() if "Error" in ln or "error:" in ln]
-        raise EdgewiseError(f"distributed finetuning failed: {errors[-1] if errors else 'no output'}"
-                            f" (full log: {log_path})")
+        raise EdgewiseError(f"distributed run failed: {errors[-1] if errors else 'no output'} (full log: {log_path})")
     return json.loads(metrics.read_text())
 
 
 def main(job_path: str) -> None:
-    from edgewise.passes.finetune import FinetuneConfig, train_and_save
-
     job = json.loads(Path(job_path).read_text())
-    work = Path(job["work"])
-    metrics = train_and_save(Path(job["model"]), FinetuneConfig(**job["config"]), Path(job["out"]), work)
+    module, _, function = job["entry"].partition(":")
+    result = getattr(importlib.import_module(module), function)(**job["arguments"])
     if rank() == 0:
-        (work / "metrics.json").write_text(json.dumps(metrics))
+        (Path(job["work"]) / "metrics.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()
 

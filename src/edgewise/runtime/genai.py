@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 
 
 @dataclass(frozen=True)
 class Sampling:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 50
-    seed: int | None = None
+    max_new_tokens: int = field(default=128, metadata={"help": "tokens to generate at most"})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: keep the most likely tokens up to this mass"})
+    top_k: int = field(default=50, metadata={"help": "sample among this many most likely tokens"})
+    seed: int | None = field(default=None, metadata={"help": "sampling seed (reproducible answers)"})
 
 
 class Runtime:

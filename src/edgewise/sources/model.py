@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
-from edgewise.fsutil import atomic_dir, file_sha256
-from edgewise.log import log
+from edgewise.core.artifact import Artifact, folder_artifact
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.fsutil import atomic_dir, file_sha256
+from edgewise.core.log import log
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct (embedded)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class InputModel:
+    """The model a workflow starts from."""
+    model_name_or_path: str | None = field(default=None, metadata={
+        "short": "-m", "help": "HF folder, hub id or .gguf file (default: the embedded SmolLM2-135M-Instruct)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow code shipped with the model"})
+
+
+def open_source(model: InputModel, cache_root: Path) -> Artifact:
+    """The input model as a local HF folder artifact; an unsupported architecture stops here, before any work."""
+    from edgewise.models.checkpoint import read_config
+
+    folder = resolve(model.model_name_or_path, cache_root, model.trust_remote_code)
+    read_config(folder, model.trust_remote_code)
+    return folder_artifact(folder, model.model_name_or_path or DEFAULT_MODEL)
 
 
 def default_gguf() -> Path:

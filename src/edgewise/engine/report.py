@@ -1,5 +1,6 @@
-"""The search report: report.json (every candidate with its parameters, metrics, status and lineage) and
-report.html, a page with the size / quality / speed trade-off plotted (Pareto front ringed, best starred) and a table."""
+"""The run report: report.json (every candidate with its parameters, metrics, status and lineage, and the rule that
+picked the best) and report.html, a page with the size / quality trade-off plotted, and speed against size when a
+latency evaluator ran (Pareto front ringed, best starred), the selection and a table."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,29 +13,37 @@ W, H, PAD = 640, 420, 56
 COLORS = {"ok": "#2563eb", "pruned": "#9ca3af"}
 
 
-def write(out: Path, runner, best, config_path: str) -> dict:
-    report = {
-        "workflow": config_path, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "objectives": runner.objectives, "goals": [dataclasses.asdict(g) for g in runner.settings.goals],
-        "reference": runner.reference, "best": best.trial if best else None,
+def build(runner, winner) -> dict:
+    from edgewise.engine.selection import rule
+
+    return {
+        "workflow": runner.wf.label, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "objectives": runner.metrics, "goals": [dataclasses.asdict(g) for g in runner.settings.goals],
+        "rule": rule(runner.objectives), "selection": runner.selection,
+        "reference": runner.reference, "best": winner.trial if winner else None,
         "candidates": [dataclasses.asdict(c) for c in runner.candidates],
     }
+
+
+def write(out: Path, report: dict) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.html").write_text(page(report))
-    return report
 
 
-def axes(report: dict) -> tuple[str | None, str | None, str | None]:
-    """x: size when measured, y: the first other objective (quality), dot size: decode speed when measured."""
-    measured = [m for c in report["candidates"] for m in c["metrics"]]
+def charts(report: dict) -> list[tuple[str, str, str | None]]:
+    """(x, y, dot size) per chart: size against the first other objective (quality), dots sized by decode speed;
+    and, when a latency evaluator ran, decode speed against size."""
+    measured = list(dict.fromkeys(m for c in report["candidates"] for m in c["metrics"]))
     x = "size_mb" if "size_mb" in measured else (report["objectives"][:1] or [None])[0]
-    others = [m for m in report["objectives"] + list(dict.fromkeys(measured)) if m != x and m != "decode_tok_s"]
-    y = others[0] if others else None
-    return x, y, "decode_tok_s" if "decode_tok_s" in measured else None
+    speed = "decode_tok_s" if "decode_tok_s" in measured else None
+    others = [m for m in report["objectives"] + measured if m not in (x, "decode_tok_s", "scored_tokens", "answers")]
+    found = [(x, others[0], speed)] if others else []
+    if speed and x != speed:
+        found.append((x, speed, None))
+    return found
 
 
-def plot(report: dict) -> str:
-    x, y, speed = axes(report)
+def plot(report: dict, x: str, y: str, speed: str | None) -> str:
     points = [c for c in report["candidates"] if x in c["metrics"] and y in c["metrics"]]
     if not points:
         return "<p>No candidate has both metrics to plot.</p>"
@@ -97,6 +106,8 @@ td,th{{border:1px solid #ddd;padding:4px 8px;text-align:right}}tr.ref{{backgroun
 </head><body><h1>edgewise search report</h1>
 <p>workflow {html.escape(report['workflow'])} · {report['created']} · objectives: {html.escape(', '.join(report['objectives']))}
 · {len(report['candidates'])} candidates · best: trial {report['best']}</p>
-{plot(report)}
+{''.join(plot(report, *chart) for chart in charts(report)) or "<p>Nothing measured to plot.</p>"}
+<h2>Selection</h2><p>Rule: {html.escape(report['rule'])}.</p>
+<ul>{''.join(f"<li>{html.escape(line)}</li>" for line in report['selection'])}</ul>
 <h2>Candidates</h2>{table(report)}
 <p class=note>★ best · ◆ on the Pareto front · lineage and full metrics in report.json</p></body></html>"""

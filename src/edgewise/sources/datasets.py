@@ -9,7 +9,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
 IGNORE = -100

@@ -6,10 +6,12 @@ matching HTTP status; the OpenAPI document is at /openapi.json."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -18,8 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from edgewise.log import log
-from edgewise.runtime import Runtime, Sampling
+from edgewise.core.log import log
+from edgewise.runtime.genai import Runtime, Sampling
 
 BASE = "base"
 
@@ -220,19 +222,28 @@ def _error(status: int, message: str, code: str, param: str | None = None) -> JS
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
-def serve(model_dir, adapters: dict[str, str], host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, parallel: int = 4) -> None:
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback unless you say otherwise)"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    api_key: str | None = field(default=None, metadata={
+        "help": "require 'Authorization: Bearer KEY' (default: $EDGEWISE_API_KEY, else none)"})
+    parallel: int = field(default=4, metadata={"help": "generations run at once; more requests wait their turn"})
+
+
+def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig()) -> None:
     """Run until SIGTERM (exit 0) or SIGINT; uvicorn finishes the requests in flight first."""
     import signal
 
     import uvicorn
 
-    server = Server(Runtime(model_dir, adapters), parallel)
-    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", model_dir, host, port)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        log.warning("listening on %s without --api_key: anyone who can reach this machine can use the model", host)
+    api_key = config.api_key or os.environ.get("EDGEWISE_API_KEY")
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning("serving on %s without an API key: anyone who can reach this address can use the model",
+                    config.host)
+    server = Server(Runtime(model_dir, adapters), config.parallel)
+    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", model_dir, config.host, config.port)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
     signal.signal(signal.SIGTERM, lambda *_: log.info("stopped (SIGTERM)"))
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
-
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=10)

@@ -1,68 +1,23 @@
-"""One engine under every command: a command is a list of (pass name, config) steps. Each step's output is cached
+"""Running pass steps: a chain is a list of (pass name, config) steps. Each step's output is cached
 under a hash of (input identity, pass, config with data files by fingerprint, library versions), written atomically, so a
 repeated command takes seconds and an interrupted chain resumes where it stopped."""
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgewise import __version__
-from edgewise.fsutil import (MANIFEST, atomic_dir, check_output_path, file_sha256, fingerprint, link_tree,
-                             stable_hash)
-from edgewise.log import log
-
-
-@dataclass(frozen=True)
-class Pass:
-    name: str
-    config_cls: type
-    fn: Callable[..., dict | None]  # fn(artifact, config, out_dir, work_dir) -> metrics
-
-
-PASSES: dict[str, Pass] = {}
-
-
-def register(name: str, config_cls: type):
-    """Decorator: make `fn(artifact, config, out_dir, work_dir)` the pass called `name`."""
-
-    def wrap(fn):
-        fn.edgewise_plugin = PASSES[name] = Pass(name, config_cls, fn)
-        return fn
-
-    return wrap
-
-
-@dataclass(frozen=True)
-class Artifact:
-    path: Path
-    id: str
-    manifest: dict
-
-
-def cache_root(explicit: str | Path | None = None) -> Path:
-    root = explicit or os.environ.get("EDGEWISE_CACHE") or Path.home() / ".cache" / "edgewise"
-    return Path(root).expanduser()
-
-
-def folder_artifact(folder: Path, source: str | None = None) -> Artifact:
-    """An input folder: identified by its edgewise manifest when it has one (or its parent has, as for a finetune's
-    OUT/model), else by names, sizes and times; `source` names where a folder without a manifest came from."""
-    folder = Path(folder)
-    for owner, suffix in ((folder, ""), (folder.parent, f"/{folder.name}")):
-        if (owner / MANIFEST).is_file():
-            manifest = json.loads((owner / MANIFEST).read_text())
-            return Artifact(folder, manifest["id"] + suffix, manifest)
-    return Artifact(folder, fingerprint(folder), {"source": source or str(folder)})
+from edgewise.core.artifact import Artifact, folder_artifact
+from edgewise.core.fsutil import MANIFEST, atomic_dir, file_sha256, fingerprint, locked, stable_hash
+from edgewise.core.log import log
+from edgewise.passes import PASSES
 
 
 def lineage_of(artifact: Artifact, name: str, key: str, config, metrics: dict, seconds: float) -> dict:
@@ -75,7 +30,7 @@ def lineage_of(artifact: Artifact, name: str, key: str, config, metrics: dict, s
 @functools.cache
 def code_hash() -> str:
     """Hash of edgewise's own code and data files: a change to either invalidates cached results."""
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         if path.suffix in (".py", ".txt", ".json", ".jsonl") and "__pycache__" not in path.parts:
@@ -110,17 +65,6 @@ def cache_key(artifact: Artifact, name: str, config) -> str:
     return stable_hash({"input": artifact.id, "pass": name, "config": values, "versions": versions()})
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def file_table(folder: Path) -> dict[str, list]:
     """[size, sha256] of every file of a pass's output but its manifest: how a corrupted cache entry is caught."""
     return {str(p.relative_to(folder)): [p.stat().st_size, file_sha256(p)]
@@ -140,7 +84,7 @@ def run_pass(name: str, artifact: Artifact, config, cache: Path, checked: bool =
         check_steps([(name, config)])
     key = cache_key(artifact, name, config)
     entry = cache / "runs" / f"{name}-{key[:20]}"
-    with _locked(cache / "locks" / f"{key[:20]}.lock"):
+    with locked(cache / "locks" / f"{key[:20]}.lock"):
         if (entry / MANIFEST).is_file():
             if intact(entry):
                 log.info("%s: cached (%s)", name, entry)
@@ -153,7 +97,7 @@ def run_pass(name: str, artifact: Artifact, config, cache: Path, checked: bool =
         work = cache / "work" / key[:20]
         work.mkdir(parents=True, exist_ok=True)
         with atomic_dir(entry) as tmp:
-            metrics = PASSES[name].fn(artifact, config, tmp, work) or {}
+            metrics = _pass(name).fn(artifact, config, tmp, work) or {}
             seconds = round(time.time() - start, 2)
             manifest = {
                 "id": key, "pass": name, "config": config_dict(config), "parent": artifact.id,
@@ -165,6 +109,13 @@ def run_pass(name: str, artifact: Artifact, config, cache: Path, checked: bool =
         shutil.rmtree(work, ignore_errors=True)  # checkpoints and scratch matter only to an interrupted run
         log.info("%s: done in %.1f s", name, time.time() - start)
         return folder_artifact(entry)
+
+
+def _pass(name: str):
+    from edgewise.engine.plugins import load_all
+
+    load_all()  # built-in and third-party passes alike come from entry points
+    return PASSES.lookup(name)
 
 
 def check_steps(steps: list[tuple[str, Any]]) -> None:
@@ -181,13 +132,3 @@ def run_steps(artifact: Artifact, steps: list[tuple[str, Any]], cache: Path, che
     for name, config in steps:
         artifact = run_pass(name, artifact, config, cache, checked=True)
     return artifact
-
-
-def publish(artifact: Artifact, output: Path) -> Path:
-    """Expose a cache entry at the user's output path as hard links (no second copy on disk)."""
-    output = Path(output)
-    check_output_path(output)
-    with atomic_dir(output) as tmp:
-        link_tree(artifact.path, tmp)
-    log.info("wrote %s", output)
-    return output

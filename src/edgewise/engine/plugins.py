@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from importlib.metadata import entry_points
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 
 GROUPS = ("edgewise.passes", "edgewise.evaluators")
 
@@ -27,7 +27,7 @@ def load_all() -> None:
                 raise EdgewiseError(f"{group} entry point '{point.name}' = {point.value} is not a function decorated "
                                     f"with @{'register' if group.endswith('passes') else 'evaluator'}"
                                     f"('{point.name}', ...)")
-    from edgewise.engine import PASSES
+    from edgewise.passes import PASSES
 
     if not PASSES:
         raise EdgewiseError("no passes are declared: edgewise is not installed (pip install -e .)")

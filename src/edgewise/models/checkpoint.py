@@ -13,9 +13,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from edgewise.archs import arch_for
-from edgewise.errors import EdgewiseError
-from edgewise.quant.int4 import QTensor, pack_gptq, unpack_gptq
+from edgewise.models.archs import arch_for
+from edgewise.core.errors import EdgewiseError
+from edgewise.models.qtensor import QTensor, pack_gptq, unpack_gptq
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _SKIP = {"config.json", "model.safetensors.index.json", "edgewise.json"}
@@ -136,12 +136,10 @@ def linear_modules(model) -> dict[str, torch.nn.Linear]:
     """Decoder linears named in the architecture table, by full module name."""
     arch = arch_for(model.config)
     layers = decoder_layers(model)
-    return {
-        f"model.layers.{i}.{name}": layer.get_submodule(name)
-        for i, layer in enumerate(layers)
-        for name in arch.linears()
-    }
+    return {f"{arch.layers}.{i}.{name}": layer.get_submodule(name) for i, layer in enumerate(layers)
+            for name in arch.linears()}
 
 
 def decoder_layers(model):
-    return model.model.layers
+    """The decoder layers of a transformers causal LM, where the architecture table says they are."""
+    return model.get_submodule(arch_for(model.config).layers)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
-from edgewise.fsutil import MANIFEST
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.fsutil import MANIFEST, locked
 
 UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12}
+
+
+def cache_root(explicit: str | Path | None = None) -> Path:
+    root = explicit or os.environ.get("EDGEWISE_CACHE") or Path.home() / ".cache" / "edgewise"
+    return Path(root).expanduser()
 
 
 def parse_size(text: str) -> int:
@@ -72,9 +78,7 @@ def prune(cache: Path, max_bytes: int) -> list[dict]:
     for entry in found:
         if total <= max_bytes:
             break
-        from edgewise.engine import _locked
-
-        with _locked(_lock_file(cache, entry["path"].name)):  # not while a run writes it
+        with locked(_lock_file(cache, entry["path"].name)):  # not while a run writes it
             shutil.rmtree(entry["path"])
         total -= entry["bytes"]
         evicted.append(entry)

@@ -1,19 +1,24 @@
-"""`edgewise run`: candidates are pass parameters drawn from the workflow's search spaces by Optuna (a grid for
-exhaustive search, random, or TPE; seeded, within a trial budget), each run through the engine's cache and measured by
-the evaluators in the order given. A candidate that misses a goal is pruned before the remaining evaluators run. The
-candidates on the Pareto front of the objectives are marked; the best is published with a JSON and HTML report."""
+"""Candidates: pass parameters drawn from the workflow's search spaces by Optuna (a grid for exhaustive search,
+random, or TPE; seeded, within a trial budget), each run through the engine's cache and measured by the evaluators in
+the order given. A candidate that misses a goal is pruned before the remaining evaluators run. A configuration is
+built and measured once: a sampler's repeat is answered from the earlier trial and costs no trial of the budget."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
+import json
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from edgewise import engine, sources
-from edgewise.errors import EdgewiseError
-from edgewise.evaluators import EVALUATORS, direction, evaluate
-from edgewise.log import log
-from edgewise.workflow import Goal, Search, Step, Workflow
+from edgewise.core import config as cfg
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.log import log
+from edgewise.core.artifact import Artifact
+from edgewise.engine.evaluate import evaluate
+from edgewise.engine.steps import run_steps
+from edgewise.engine.selection import mark_pareto, objectives_of, select
+from edgewise.engine.workflow import Goal, Search, Step, Workflow
+from edgewise.evaluators import EVALUATORS, direction
+from edgewise.passes import PASSES
 
 
 @dataclass
@@ -48,6 +53,18 @@ def grid_values(key: str, spec) -> list:
     raise EdgewiseError(f"{key}: exhaustive search needs a step for a float range (or use random or tpe)")
 
 
+def space_size(space: dict) -> float:
+    """How many distinct configurations the space holds (infinite with a continuous range)."""
+    sizes = [len({json.dumps(v) for v in spec}) if isinstance(spec, list) else
+             len(grid_values(k, spec)) if (spec["int"] or "step" in spec) else math.inf for k, spec in space.items()]
+    return math.prod(sizes)
+
+
+def probe_values(spec) -> list:
+    """Values enough to check a searched parameter before any work: every choice, or a range's two ends."""
+    return spec if isinstance(spec, list) else [spec["low"], spec["high"]]
+
+
 def suggest(trial, key: str, spec):
     if isinstance(spec, list):
         return trial.suggest_categorical(key, spec)
@@ -72,12 +89,10 @@ def make_study(search: Search, space: dict, directions: list[str]):
 
 
 def trial_budget(search: Search, space: dict) -> int:
-    if search.strategy == "exhaustive":
-        total = 1
-        for key, spec in space.items():
-            total *= len(grid_values(key, spec))
-        return min(total, search.max_trials or total)
-    return search.max_trials or 10
+    """New configurations to try: the grid (exhaustive) or max_trials (default 10), never more than the space has."""
+    size = space_size(space)
+    wanted = size if search.strategy == "exhaustive" else (search.max_trials or 10)
+    return int(min(wanted, search.max_trials or wanted, size))
 
 
 def goal_failure(goals: list[Goal], metrics: dict, reference: dict) -> str | None:
@@ -98,34 +113,29 @@ def goal_failure(goals: list[Goal], metrics: dict, reference: dict) -> str | Non
     return None
 
 
+def step_configs(step: Step, table, values: dict):
+    return cfg.make(table[step.type].config_cls, {**step.fixed, **values}, step.type)
+
+
 class Runner:
-    def __init__(self, workflow: Workflow):
-        self.wf, self.settings = workflow, workflow.settings
-        self.cache = engine.cache_root(self.settings.cache_dir)
+    """The candidates of one workflow on one source artifact; `strict` (no search): a failing pass is the run's error."""
+
+    def __init__(self, workflow: Workflow, source: Artifact, cache):
+        self.wf, self.settings, self.source, self.cache = workflow, workflow.settings, source, cache
         self.keys = param_keys(workflow.passes)
-        self.objectives = self.settings.objectives or list(dict.fromkeys(g.metric for g in self.settings.goals))
-        if self.keys and not self.objectives:
-            self.objectives = [next(iter(EVALUATORS[e.type].better)) for e in workflow.evaluators[:1]]
-        if self.keys and not self.objectives:
-            raise EdgewiseError("a search needs evaluators (and goals or objectives) to compare its candidates")
-        for metric in self.objectives + [g.metric for g in self.settings.goals]:
-            direction(metric)
+        self.objectives = objectives_of(workflow)
+        self.metrics = [o.metric for o in self.objectives]
+        self.strict = not self.keys
         self.candidates: list[Candidate] = []
+        self.tried: dict[str, Candidate] = {}
         self.reference: dict = {}
+        self.selection: list[str] = []
 
-    def source(self) -> engine.Artifact:
-        model = self.settings.input_model
-        folder = sources.resolve(model.model_name_or_path, self.cache, model.trust_remote_code)
-        from edgewise.modeling import read_config
-
-        read_config(folder, model.trust_remote_code)
-        return engine.folder_artifact(folder, model.model_name_or_path or sources.DEFAULT_MODEL)
-
-    def measure_reference(self, base: engine.Artifact) -> None:
+    def measure_reference(self) -> None:
         """The input model's metrics, where an evaluator applies to it (latency needs an exported model)."""
         for step in self.wf.evaluators:
             try:
-                self.reference.update(evaluate(base, step.type, self.eval_config(step), self.cache))
+                self.reference.update(evaluate(self.source, step.type, step_configs(step, EVALUATORS, {}), self.cache))
             except Exception as exc:  # e.g. latency needs an exported model; a plugin may not apply to the input
                 log.info("reference %s: not measured on the input model (%s)", step.type, _reason(exc))
         for goal in self.settings.goals:
@@ -133,113 +143,97 @@ class Runner:
                 raise EdgewiseError(f"goal on {goal.metric} is relative to the input model, which it cannot measure; "
                                     "use max or min")
 
-    def eval_config(self, step: Step):
-        return _config(EVALUATORS[step.type].config_cls, step.fixed, step.type)
-
     def steps_for(self, params: dict) -> list[tuple[str, object]]:
-        per_pass = [dict(step.fixed) for step in self.wf.passes]
+        per_pass = [{} for _ in self.wf.passes]
         for key, value in params.items():
             index, name = self.keys[key]
             per_pass[index][name] = value
-        return [(step.type, _config(engine.PASSES[step.type].config_cls, values, step.type))
-                for step, values in zip(self.wf.passes, per_pass)]
+        return [(step.type, step_configs(step, PASSES, values)) for step, values in zip(self.wf.passes, per_pass)]
 
-    def run_candidate(self, base: engine.Artifact, trial: int, params: dict) -> Candidate:
+    def run_candidate(self, trial: int, params: dict) -> Candidate:
         candidate = Candidate(trial, params)
         try:
-            artifact = engine.run_steps(base, self.steps_for(params), self.cache)
+            artifact = run_steps(self.source, self.steps_for(params), self.cache, checked=True)
             candidate.path, candidate.lineage = str(artifact.path), artifact.manifest.get("lineage", [])
             for step in self.wf.evaluators:
-                candidate.metrics.update(evaluate(artifact, step.type, self.eval_config(step), self.cache))
+                candidate.metrics.update(evaluate(artifact, step.type, step_configs(step, EVALUATORS, {}), self.cache))
                 reason = goal_failure(self.settings.goals, candidate.metrics, self.reference)
                 if reason:
                     candidate.status, candidate.reason = "pruned", reason
                     break
         except Exception as exc:  # one candidate's failure (a user error, or a bug in a plugin) ends only that one
+            if self.strict:
+                raise
             log.debug("trial %d failed", trial, exc_info=True)
             candidate.status, candidate.reason = "failed", _reason(exc)
         shown = " ".join(f"{k}={v}" for k, v in params.items()) or "(no search)"
-        outcome = candidate.reason or ", ".join(f"{m} {candidate.metrics[m]:.4g}" for m in self.objectives
+        outcome = candidate.reason or ", ".join(f"{m} {candidate.metrics[m]:.4g}" for m in self.metrics
                                                 if m in candidate.metrics)
-        log.info("trial %d: %s -> %s%s", trial, shown, candidate.status, f" ({outcome})" if outcome else "")
+        if self.keys or self.wf.evaluators:
+            log.info("trial %d: %s -> %s%s", trial, shown, candidate.status, f" ({outcome})" if outcome else "")
         return candidate
 
-    def study(self, base, space: dict, fixed: dict) -> list[Candidate]:
+    def candidate(self, params: dict) -> tuple[Candidate, bool]:
+        """The candidate of `params`, built now or (True) found among those already tried."""
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key in self.tried:
+            return self.tried[key], True
+        found = self.tried[key] = self.run_candidate(len(self.candidates), params)
+        self.candidates.append(found)
+        return found, False
+
+    def study(self, space: dict, fixed: dict) -> list[Candidate]:
         import optuna
 
         study = make_study(self.settings.search, space, ["minimize" if direction(m) == "lower" else "maximize"
-                                                         for m in self.objectives])
-        found = []
-        for _ in range(trial_budget(self.settings.search, space)):
+                                                         for m in self.metrics])
+        budget = trial_budget(self.settings.search, space)
+        exhaustive = self.settings.search.strategy == "exhaustive"
+        asks = int(space_size(space)) if exhaustive else 20 * budget + 20  # the grid, or enough draws to find news
+        found, new = [], 0
+        while new < budget and asks > 0:
+            asks -= 1
             trial = study.ask()
-            params = {**fixed, **{key: suggest(trial, key, spec) for key, spec in space.items()}}
-            candidate = self.run_candidate(base, len(self.candidates) + len(found), params)
-            found.append(candidate)
+            candidate, repeat = self.candidate({**fixed, **{key: suggest(trial, key, spec)
+                                                            for key, spec in space.items()}})
+            if repeat:
+                log.info("trial %d drawn again: not run twice", candidate.trial)
+            else:
+                new += 1
+            if candidate not in found:
+                found.append(candidate)
             if candidate.status == "ok":
-                study.tell(trial, [candidate.metrics[m] for m in self.objectives])
+                study.tell(trial, [candidate.metrics[m] for m in self.metrics])
             else:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED if candidate.status == "pruned"
                            else optuna.trial.TrialState.FAIL)
         return found
 
-    def run(self) -> list[Candidate]:
-        base = self.source()
+    def run(self):
+        """Every candidate built and measured; returns the best (or None) and marks the Pareto front."""
         space = {key: self.wf.passes[i].space[name] for key, (i, name) in self.keys.items()}
         if self.wf.evaluators:
-            self.measure_reference(base)
+            self.measure_reference()
         if not space:
-            self.candidates = [self.run_candidate(base, 0, {})]
+            self.candidate({})
         elif self.settings.search.mode == "joint":
-            self.candidates = self.study(base, space, {})
+            self.study(space, {})
         else:
-            self.candidates = self.pass_by_pass(base, space)
-        mark_pareto(self.candidates, self.objectives)
-        return self.candidates
+            self.pass_by_pass(space)
+        mark_pareto(self.candidates, self.metrics)
+        winner, self.selection = select(self.candidates, self.objectives)
+        return winner
 
-    def pass_by_pass(self, base, space: dict) -> list[Candidate]:
+    def pass_by_pass(self, space: dict) -> None:
         """Search one pass's parameters at a time, later passes at their first choice, keeping each stage's best."""
         fixed = {key: grid_values(key, spec)[0] if isinstance(spec, list) else spec["low"] for key, spec in space.items()}
         for index in sorted({i for i, _ in self.keys.values()}):
             stage = {k: s for k, s in space.items() if self.keys[k][0] == index}
-            found = self.study(base, stage, {k: v for k, v in fixed.items() if k not in stage})
-            self.candidates += found
-            winner = best(found, self.objectives)
+            winner, _ = select(self.study(stage, {k: v for k, v in fixed.items() if k not in stage}), self.objectives)
             if winner:
                 fixed.update({k: winner.params[k] for k in stage})
-        return self.candidates
 
 
 def _reason(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return text if isinstance(exc, EdgewiseError) else f"{type(exc).__name__}: {text}"
-
-
-def _config(config_cls, values: dict, name: str):
-    values = dict(values)
-    for f in dataclasses.fields(config_cls):
-        if f.metadata.get("path") and values.get(f.name):
-            values[f.name] = str(Path(values[f.name]).expanduser().resolve())
-    try:
-        return config_cls(**values)
-    except TypeError as exc:
-        raise EdgewiseError(f"{name}: {exc}") from exc
-
-
-def _key(candidate: Candidate, objectives: list[str]) -> tuple:
-    return tuple(candidate.metrics[m] if direction(m) == "lower" else -candidate.metrics[m] for m in objectives)
-
-
-def mark_pareto(candidates: list[Candidate], objectives: list[str]) -> None:
-    kept = [c for c in candidates if c.status == "ok" and all(m in c.metrics for m in objectives)]
-    for c in kept:
-        mine = _key(c, objectives)
-        c.pareto = not any(all(a <= b for a, b in zip(_key(o, objectives), mine)) and _key(o, objectives) != mine
-                           for o in kept)
-
-
-def best(candidates: list[Candidate], objectives: list[str]) -> Candidate | None:
-    """The kept candidate ranked first by the objectives in order (the first objective decides, then the next)."""
-    kept = [c for c in candidates if c.status == "ok" and all(m in c.metrics for m in objectives)]
-    return min(kept, key=lambda c: (_key(c, objectives), c.trial)) if kept else None
-
-

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import psutil
 
-from edgewise.runtime import Runtime
+from edgewise.runtime.genai import Runtime
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    prompt_tokens: int = field(default=128, metadata={"help": "prompt length"})
+    gen_tokens: int = field(default=128, metadata={"help": "tokens generated per run"})
+    runs: int = field(default=3, metadata={"help": "timed runs after one warm-up; medians are reported"})
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgewise.errors import EdgewiseError
+from edgewise.core.errors import EdgewiseError
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Arch:
     model_type: str
     groups: tuple[InputGroup, ...]
     lora_targets: tuple[str, ...]
-    packed: tuple[tuple[str, tuple[str, ...]], ...] = ()  # HF packed linear -> canonical projections it holds
+    layers: str = "model.layers"  # the module list of decoder layers
     norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
     no_clip: tuple[str, ...] = ("q_proj", "k_proj", "qkv_proj")  # AWQ skips clipping where softmax follows
 
@@ -49,6 +49,10 @@ _PHI3_GROUPS = (
 )
 _QV = ("q_proj", "v_proj")
 
+# Packed projections, in a Hugging Face checkpoint (Phi-3's qkv_proj, gate_up_proj) or in the graph the ONNX Runtime
+# GenAI builder emits for every family (its fused qkv_proj), and the projections they hold, in output order.
+PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
 ARCHS: dict[str, Arch] = {
     "llama": Arch("llama", _LLAMA_GROUPS, _QV),
     "mistral": Arch("mistral", _LLAMA_GROUPS, _QV),
@@ -59,7 +63,6 @@ ARCHS: dict[str, Arch] = {
         "phi3",
         _PHI3_GROUPS,
         ("qkv_proj", "o_proj"),
-        packed=(("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))),
     ),
 }
 
@@ -71,3 +74,17 @@ def arch_for(config) -> Arch:
         supported = ", ".join(sorted(ARCHS))
         raise EdgewiseError(f"unsupported architecture '{model_type}': edgewise supports {supported}")
     return ARCHS[model_type]
+
+
+def unpacked(projection: str) -> tuple[str, ...]:
+    """The projections a (possibly packed) projection holds: qkv_proj -> q_proj, k_proj, v_proj."""
+    return PACKED.get(projection, (projection,))
+
+
+def projection_sizes(config) -> dict[str, int]:
+    """Output width of each projection of a decoder layer, from a transformers config."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return {"q_proj": config.num_attention_heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim,
+            "o_proj": config.hidden_size, "gate_proj": config.intermediate_size,
+            "up_proj": config.intermediate_size, "down_proj": config.hidden_size}
