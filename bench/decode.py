@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 
 from edgewise import engine
-from edgewise.sources import model as sources
-from edgewise.runtime.benchmark import measure
 from edgewise.models.onnx_lora import ADAPTER_FILE
 from edgewise.passes.export import ExportConfig, set_threads
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.passes.quantize import QuantizeConfig
+from edgewise.runtime.benchmark import measure
 from edgewise.runtime.genai import Runtime
+from edgewise.sources import model as sources
 
 ROOT = Path(__file__).resolve().parents[1]
 

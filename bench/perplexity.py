@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from edgewise import engine
-from edgewise.sources import model as sources
 from edgewise.evaluators.models import TorchModel
 from edgewise.evaluators.perplexity import stdlib_prose
 from edgewise.models.checkpoint import load_model, load_tokenizer
@@ -21,6 +20,7 @@ from edgewise.passes.quantize import default_calibration
 from edgewise.quant.calib import token_windows
 from edgewise.quant.int4 import QuantSpec
 from edgewise.quant.layerwise import quantize_model
+from edgewise.sources import model as sources
 
 TRAVEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "travel" / "data_sample_travel.jsonl"
 

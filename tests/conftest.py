@@ -19,7 +19,7 @@ RECORDS = [{"prompt": f"Where should I go in city {i}?", "response": f"Visit the
 
 
 def tiny_tokenizer(folder: Path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))

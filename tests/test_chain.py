@@ -10,11 +10,11 @@ from onnx import numpy_helper
 
 from edgewise import engine
 from edgewise.models.checkpoint import load_model, load_tokenizer, read_tensors
-from edgewise.models.onnx_lora import ADAPTER_FILE, peft_pieces, write_adapter, adapter_tensors
+from edgewise.models.onnx_lora import ADAPTER_FILE, adapter_tensors, peft_pieces, write_adapter
+from edgewise.models.qtensor import unpack_gptq
 from edgewise.passes.export import ExportConfig
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.passes.quantize import QuantizeConfig
-from edgewise.models.qtensor import unpack_gptq
 from edgewise.runtime.genai import Runtime
 
 

@@ -7,17 +7,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import RECORDS
+from safetensors.torch import load_file
+from test_cli_errors import edgewise
+
 from edgewise import engine
-from edgewise.sources import datasets
 from edgewise.models.checkpoint import load_tokenizer
 from edgewise.models.onnx_lora import ADAPTER_FILE
 from edgewise.passes import finetune
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.runtime.genai import Runtime, Sampling
-from test_cli_errors import edgewise
+from edgewise.sources import datasets
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import torch
 
 from edgewise import engine
 from edgewise.models.checkpoint import load_model, read_tensors
+from edgewise.models.qtensor import unpack_gptq
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.passes.quantize import QuantizeConfig
-from edgewise.models.qtensor import unpack_gptq
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -8,13 +8,12 @@ import sys
 import time
 
 import pytest
-
 import torch
 from safetensors.torch import load_file
+from test_cli_errors import edgewise
 
 from edgewise import engine
 from edgewise.passes.finetune import FinetuneConfig
-from test_cli_errors import edgewise
 
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from edgewise.core.errors import EdgewiseError
+from edgewise.models.qtensor import pack_gptq, unpack_gptq
 from edgewise.quant.awq import block_error, clip_quantize, linear_error, output_error, search_scale
 from edgewise.quant.gptq import gptq_quantize
-from edgewise.models.qtensor import pack_gptq, unpack_gptq
 from edgewise.quant.int4 import QuantSpec, effective_group_size, rtn
 
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from test_cli_errors import assert_user_error, edgewise
 
 

@@ -9,16 +9,14 @@ import sys
 import tempfile
 import threading
 import time
-
 import urllib.error
 import urllib.request
-
 from pathlib import Path
 
 import openai
 import pytest
-
 from conftest import RECORDS
+
 from edgewise.runtime.genai import Runtime, Sampling
 
 QUESTIONS = [r["prompt"] for r in RECORDS[:4]]

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import yaml
-
 from test_cli_errors import assert_user_error, edgewise
 
 

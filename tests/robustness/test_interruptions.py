@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from ledger import record
 
 from edgewise.core.fsutil import MANIFEST
-from ledger import record
 
 PASSES = {
     "quantize": ["quantize", "--algorithm", "awq", "--num_samples", "4", "--seq_len", "64"],

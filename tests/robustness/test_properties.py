@@ -9,10 +9,10 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from edgewise.sources import datasets
-from edgewise.core.errors import EdgewiseError
 from ledger import record
+
+from edgewise.core.errors import EdgewiseError
+from edgewise.sources import datasets
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,  # the same examples every run
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

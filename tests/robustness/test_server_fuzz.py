@@ -8,9 +8,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
-
 from ledger import record
+from schemathesis import GenerationMode
 from test_serve import _http, _start
 
 

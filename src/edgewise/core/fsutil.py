@@ -98,11 +98,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextmanager
-def locked(path: Path):
-    """An exclusive lock on `path` (created if needed) for the duration of the block."""
+def locked(path: Path, shared: bool = False):
+    """A lock on `path` (created if needed) for the duration of the block: exclusive, or shared with other readers."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ class Table(dict):
     def register(self, entry):
         old = self.get(entry.name)
         if old is not None and _origin(old) != _origin(entry):  # the same definition imported again is no clash
-            raise EdgewiseError(f"two {self.kind}s are named '{entry.name}': {_origin(old)} and {_origin(entry)}")
+            raise EdgewiseError(f"{self.kind} '{entry.name}' is registered twice: {_origin(old)} and {_origin(entry)}")
         self[entry.name] = entry
         fn = getattr(entry, "fn", None)
         if fn is not None:

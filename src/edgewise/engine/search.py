@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass, field
 
 from edgewise.core import config as cfg
+from edgewise.core.artifact import Artifact
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
-from edgewise.core.artifact import Artifact
 from edgewise.engine.evaluate import evaluate
-from edgewise.engine.steps import run_steps
 from edgewise.engine.selection import mark_pareto, objectives_of, select
+from edgewise.engine.steps import run_steps
 from edgewise.engine.workflow import Goal, Search, Step, Workflow
 from edgewise.evaluators import EVALUATORS, direction
 from edgewise.passes import PASSES

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from edgewise.sources import datasets
 from edgewise.evaluators import evaluator
+from edgewise.sources import datasets
 
 
 @dataclass(frozen=True)

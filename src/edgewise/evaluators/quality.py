@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from edgewise.sources import datasets
 from edgewise.core.errors import EdgewiseError
 from edgewise.evaluators import evaluator
+from edgewise.sources import datasets
 
 
 @dataclass(frozen=True)

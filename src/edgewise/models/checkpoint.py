@@ -13,8 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from edgewise.models.archs import arch_for
 from edgewise.core.errors import EdgewiseError
+from edgewise.models.archs import arch_for
 from edgewise.models.qtensor import QTensor, pack_gptq, unpack_gptq
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")

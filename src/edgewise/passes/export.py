@@ -11,13 +11,13 @@ from pathlib import Path
 
 import onnx
 
-from edgewise.models import onnx_lora
-from edgewise.models.archs import unpacked
 from edgewise.core.artifact import MODEL, Artifact, model_and_adapter
-from edgewise.passes import register
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
+from edgewise.models import onnx_lora
+from edgewise.models.archs import unpacked
 from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config, read_config
+from edgewise.passes import register
 
 PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 

@@ -14,14 +14,14 @@ import torch
 from tqdm.auto import tqdm
 
 from edgewise.compute import devices, distributed
-from edgewise.sources import datasets
-from edgewise.models.archs import arch_for
 from edgewise.core.artifact import ADAPTER, MODEL, Artifact
-from edgewise.passes import register
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import MANIFEST, link_tree
 from edgewise.core.log import log
+from edgewise.models.archs import arch_for
 from edgewise.models.checkpoint import load_model, load_tokenizer, quantization_config
+from edgewise.passes import register
+from edgewise.sources import datasets
 
 
 @dataclass(frozen=True)

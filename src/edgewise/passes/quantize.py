@@ -10,16 +10,16 @@ from importlib import resources
 import torch
 
 from edgewise.compute import devices
-from edgewise.sources import datasets
 from edgewise.core.artifact import Artifact
-from edgewise.passes import register
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
 from edgewise.models.checkpoint import load_model, load_tokenizer, quantization_config, save_quantized
+from edgewise.passes import register
+from edgewise.quant.algorithms import ALGORITHMS
 from edgewise.quant.calib import token_windows
 from edgewise.quant.int4 import QuantSpec
-from edgewise.quant.algorithms import ALGORITHMS
 from edgewise.quant.layerwise import quantize_model
+from edgewise.sources import datasets
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from edgewise.core.errors import EdgewiseError
-from edgewise.models.qtensor import QTensor, expand, dequantize
+from edgewise.models.qtensor import QTensor, expand
 
 
 @dataclass(frozen=True)

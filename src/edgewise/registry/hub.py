@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from edgewise.core.errors import EdgewiseError
-from edgewise.registry import check_alias, check_name, describe, pull_into
+from edgewise.registry.record import check_alias, check_name, describe, pull_into
 
 RECORD = "edgewise_registry.json"
 

@@ -4,7 +4,6 @@ all its files are stored, so an interrupted push leaves no half version; the fil
 the next `delete` (or `gc`), which holds an exclusive lock that pushes share."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -14,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgewise.core.errors import EdgewiseError
-from edgewise.registry import check_alias, check_name, describe, pull_into
+from edgewise.core.fsutil import locked
+from edgewise.registry.record import check_alias, check_name, describe, pull_into
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL,
@@ -54,12 +54,8 @@ class LocalRegistry:
         finally:
             db.close()
 
-    @contextmanager
     def _file_lock(self, name: str, exclusive: bool):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / name, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
+        return locked(self.root / name, shared=not exclusive)
 
     def _blob_lock(self, exclusive: bool):
         return self._file_lock("blobs.lock", exclusive)

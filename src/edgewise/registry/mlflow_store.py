@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from edgewise.core.errors import EdgewiseError
-from edgewise.registry import check_alias, check_name, describe, pull_into
+from edgewise.registry.record import check_alias, check_name, describe, pull_into
 
 EXPERIMENT = "edgewise-registry"
 RECORD = "edgewise_registry.json"

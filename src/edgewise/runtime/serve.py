@@ -239,8 +239,8 @@ def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig
 
     api_key = config.api_key or os.environ.get("EDGEWISE_API_KEY")
     if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        log.warning("serving on %s without an API key: anyone who can reach this address can use the model",
-                    config.host)
+        log.warning("serving on %s without --api_key (or $EDGEWISE_API_KEY): anyone who can reach this address "
+                    "can use the model", config.host)
     server = Server(Runtime(model_dir, adapters), config.parallel)
     log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", model_dir, config.host, config.port)
     app = create_app(server, api_key)
