@@ -80,13 +80,17 @@ def auto_opt(args) -> int:
 
 
 def convert_adapters(args) -> int:
+    import onnx
+
     from edgewise.models import onnx_lora
     from edgewise.models.checkpoint import read_config
+    from edgewise.models.checks import check_adapter, lora_inputs
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise EdgewiseError(f"{model_dir} is not a model folder exported by edgewise auto-opt")
     hf_config = read_config(model_dir)
+    inputs = lora_inputs(onnx.load(model_dir / "model.onnx", load_external_data=False).graph)
     out = Path(args.output_dir)
     if out.is_file():
         raise EdgewiseError(f"output path {out} is a file")
@@ -96,7 +100,9 @@ def convert_adapters(args) -> int:
         for spec in args.adapter_path:
             name, _, path = spec.rpartition("=")
             name = name or Path(path).resolve().parent.name
-            print(onnx_lora.convert_adapter(Path(path), model_dir, out / f"{name}.onnx_adapter", hf_config))
+            written = onnx_lora.convert_adapter(Path(path), model_dir, out / f"{name}.onnx_adapter", hf_config)
+            check_adapter(written, inputs)
+            print(written)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)

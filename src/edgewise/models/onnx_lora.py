@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from edgewise.core.errors import EdgewiseError
 from edgewise.models.archs import projection_sizes, unpacked
@@ -31,6 +31,12 @@ def _weight_shape(node, inits) -> tuple[int, int]:
         attrs = {a.name: a.i for a in node.attribute}
         return attrs["K"], attrs["N"]
     return tuple(inits[node.input[1]].dims)
+
+
+def activation_dtype(node, inits) -> int:
+    """The element type of a projection's input activation (an onnx TensorProto type): MatMulNBits' scales share
+    it (T1), a float MatMul's weight has it."""
+    return inits[node.input[2] if node.op_type == "MatMulNBits" else node.input[1]].data_type
 
 
 def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
@@ -55,21 +61,23 @@ def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
         if start != n:
             raise EdgewiseError(f"{node.name}: {n} outputs, but the config gives {start} for {covered}")
         prefix = f"model.layers.{layer}.{block}.{proj}"
-        new_nodes.append((node, _lora_nodes(graph, node, prefix, k, n)))
-        layout[prefix] = {"layer": layer, "in": k, "out": n, "covers": offsets}
+        dtype = activation_dtype(node, inits)
+        new_nodes.append((node, _lora_nodes(graph, node, prefix, k, n, dtype)))
+        layout[prefix] = {"layer": layer, "in": k, "out": n, "covers": offsets,
+                          "dtype": helper.tensor_dtype_to_string(dtype).removeprefix("TensorProto.").lower()}
     if not layout:
         raise EdgewiseError(f"the exported graph has no projection for LoRA targets {sorted(targets)}")
     _insert_after(graph, new_nodes)
     return layout
 
 
-def _lora_nodes(graph, node, prefix: str, k: int, n: int) -> list:
+def _lora_nodes(graph, node, prefix: str, k: int, n: int, dtype: int) -> list:
+    """The LoRA branch of one projection, its A and B inputs in the activation's type, empty (rank 0) by default."""
     a, b = f"{prefix}.lora_A", f"{prefix}.lora_B"
     rank = f"{prefix}.lora_rank"
-    graph.input.extend([helper.make_tensor_value_info(a, TensorProto.FLOAT, [k, rank]),
-                        helper.make_tensor_value_info(b, TensorProto.FLOAT, [rank, n])])
-    graph.initializer.extend([numpy_helper.from_array(np.zeros((k, 0), np.float32), a),
-                              numpy_helper.from_array(np.zeros((0, n), np.float32), b)])
+    graph.input.extend([helper.make_tensor_value_info(a, dtype, [k, rank]),
+                        helper.make_tensor_value_info(b, dtype, [rank, n])])
+    graph.initializer.extend([helper.make_tensor(a, dtype, [k, 0], []), helper.make_tensor(b, dtype, [0, n], [])])
     out = node.output[0]
     base = f"{out}/base"
     node.output[0] = base
@@ -173,14 +181,26 @@ def _combine(parts, entry, prefix):
     return np.ascontiguousarray(big_a), big_b
 
 
-def write_adapter(tensors: dict[str, np.ndarray], path: Path, dtype=np.float32) -> Path:
+def _ort_value(array: np.ndarray, dtype: str):
+    """An OrtValue of `array` in the model's type (bf16 has no numpy type: its bits go in as uint16)."""
+    import onnxruntime as ort
+
+    if dtype == "bfloat16":
+        bits = (np.ascontiguousarray(array, np.float32).view(np.uint32) + 0x8000 >> 16).astype(np.uint16)
+        return bits, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, TensorProto.BFLOAT16)
+    value = np.ascontiguousarray(array, dtype=np.dtype(dtype))
+    return value, ort.OrtValue.ortvalue_from_numpy(value)
+
+
+def write_adapter(tensors: dict[str, np.ndarray], path: Path, dtype: str = "float") -> Path:
+    """An .onnx_adapter with `tensors` in `dtype` (the model's LoRA input type: float, float16 or bfloat16)."""
     import onnxruntime as ort
 
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)
-    arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}  # OrtValues alias these buffers
-    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()})
+    pairs = {k: _ort_value(v, "float32" if dtype == "float" else dtype) for k, v in tensors.items()}
+    fmt.set_parameters({k: value for k, (_, value) in pairs.items()})  # the OrtValues alias the arrays kept in pairs
     tmp = Path(str(path) + ".tmp")
     fmt.export_adapter(str(tmp))
     tmp.replace(path)
@@ -192,4 +212,5 @@ def convert_adapter(adapter_dir: Path, model_dir: Path, out_file: Path, config) 
     if not layout_path.is_file():
         raise EdgewiseError(f"{model_dir} has no LoRA inputs: export it with an adapter or --lora_targets")
     layout = json.loads(layout_path.read_text())
-    return write_adapter(adapter_tensors(adapter_dir, layout, config), out_file)
+    dtypes = {entry.get("dtype", "float") for entry in layout.values()}
+    return write_adapter(adapter_tensors(adapter_dir, layout, config), out_file, dtypes.pop())

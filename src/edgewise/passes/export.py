@@ -17,18 +17,18 @@ from edgewise.core.log import log
 from edgewise.models import onnx_lora
 from edgewise.models.archs import unpacked
 from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config, read_config
+from edgewise.models.targets import DEVICES, PROVIDERS, check_precision, target_for
 from edgewise.passes import register
-
-PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     adapter_path: str | None = field(default=None, metadata={
         "help": "PEFT adapter folder to ship as adapter_weights.onnx_adapter", "path": True})
-    precision: str = field(default="int4", metadata={"help": "weight precision of the ONNX model",
-                                                     "choices": ("int4", "int8", "fp16", "fp32")})
-    device: str = field(default="cpu", metadata={"help": "target device", "choices": ("cpu", "gpu", "cuda", "dml")})
+    precision: str = field(default="int4", metadata={
+        "help": "weight precision of the ONNX model (cpu: int4 int8 fp16 fp32; cuda: int4 int8 fp16 bf16 fp32; dml: "
+                "int4 fp16; webgpu: int4 fp16 fp32)", "choices": ("int4", "int8", "fp16", "bf16", "fp32")})
+    device: str = field(default="cpu", metadata={"help": "target device (gpu: cuda)", "choices": DEVICES})
     provider: str | None = field(default=None, metadata={
         "help": "execution provider (overrides --device)", "choices": tuple(PROVIDERS)})
     lora_targets: str | None = field(default=None, metadata={
@@ -38,10 +38,13 @@ class ExportConfig:
     threads: int = field(default=0, metadata={"help": "intra-op threads in genai_config (0: this machine's cores)"})
 
 
+    def check(self) -> None:
+        """Before any work: the precision is one the target is built for."""
+        check_precision(target_for(self.device, self.provider), self.precision)
+
+
 def execution_provider(config: ExportConfig) -> str:
-    if config.provider:
-        return PROVIDERS[config.provider]
-    return {"gpu": "cuda"}.get(config.device, config.device)
+    return target_for(config.device, config.provider).device
 
 
 def export_inputs(folder: Path, config: ExportConfig) -> tuple[Path, Path | None]:
@@ -141,18 +144,31 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     if adapter:
         onnx_lora.convert_adapter(adapter, model_dir, model_dir / onnx_lora.ADAPTER_FILE, hf_config)
     (model_dir / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=2))
-    validate(model_dir)
+    validate(model_dir, config)
     return metrics
 
 
-def validate(model_dir: Path) -> None:
-    """Load the model (and its adapter) with onnxruntime-genai: a broken export must fail here, not later."""
-    from edgewise.runtime.genai import Runtime
+def validate(model_dir: Path, config: ExportConfig) -> None:
+    """Every check this machine can run, each reported in one line: the structural ones always, loading and generating
+    where the target's runtime is here. A broken export fails here, not on the device."""
+    from edgewise.models.checks import check_export
+    from edgewise.runtime.genai import Runtime, RuntimeMissing, Sampling
 
+    for line in check_export(model_dir):
+        log.info("check %s", line)
     adapter = model_dir / onnx_lora.ADAPTER_FILE
+    target = target_for(config.device, config.provider)
     try:
-        Runtime(model_dir, {"check": adapter} if adapter.is_file() else None)
+        runtime = Runtime(model_dir, {"check": adapter} if adapter.is_file() else None)
+        "".join(runtime.stream(runtime.prompt_ids([{"role": "user", "content": "Hi"}]),
+                               "check" if adapter.is_file() else None, Sampling(max_new_tokens=2)))
+    except RuntimeMissing:
+        log.info("check load and generate (%s): not run on this machine (it needs %s)", target.provider,
+                 target.runtime)
+        return
     except EdgewiseError:
         raise
     except Exception as exc:  # onnxruntime-genai reports invalid graphs as RuntimeError
         raise EdgewiseError(f"the exported model does not load: {str(exc).splitlines()[0]}") from exc
+    log.info("check load and generate (%s, onnxruntime-genai%s): passed", target.provider,
+             " with the adapter" if adapter.is_file() else "")

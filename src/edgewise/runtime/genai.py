@@ -1,12 +1,22 @@
 """Running exported models with onnxruntime-genai: chat template, adapters chosen per generator, streamed tokens."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from edgewise.core.errors import EdgewiseError
+from edgewise.models.checks import check_adapter, lora_inputs
+from edgewise.models.targets import target_of
+
+# How onnxruntime-genai says it lacks the execution provider a model was built for.
+_MISSING = ("interface not available", "not supported in this build", "has not been built with")
+
+
+class RuntimeMissing(EdgewiseError):
+    """The model is built for an execution provider this machine's onnxruntime-genai does not have."""
 
 
 @dataclass(frozen=True)
@@ -25,16 +35,21 @@ class Runtime:
         import onnxruntime_genai as og
 
         self.og = og
-        model_dir = Path(model_dir)
+        self.model_dir = model_dir = Path(model_dir)
         if not (model_dir / "genai_config.json").is_file():
             raise EdgewiseError(f"{model_dir} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
         try:
-            self.model = og.Model(str(model_dir))
             genai_config = json.loads((model_dir / "genai_config.json").read_text())
             self.context_length = int(genai_config["model"]["context_length"])
+            self.model = og.Model(str(model_dir))
             self.tokenizer = og.Tokenizer(self.model)
         except Exception as exc:  # the runtime's RuntimeError text names the damaged file
-            raise EdgewiseError(f"cannot load the model in {model_dir}: {str(exc).splitlines()[0]}") from exc
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            target = target_of(genai_config) if "genai_config" in locals() else None
+            if target and target.genai_key and any(m in text for m in _MISSING):
+                raise RuntimeMissing(f"{model_dir} is built for {target.provider}, which this machine's "
+                                     f"onnxruntime-genai cannot run; it runs with {target.runtime}") from exc
+            raise EdgewiseError(f"cannot load the model in {model_dir}: {text}") from exc
         self.adapters = og.Adapters(self.model)
         self.names: list[str] = []
         for name, path in (adapters or {}).items():
@@ -43,11 +58,18 @@ class Runtime:
     def load_adapter(self, name: str, path: str | Path) -> None:
         if not Path(path).is_file():
             raise EdgewiseError(f"adapter file not found: {path}")
+        check_adapter(Path(path), self.lora_inputs)  # a wrong name, type or shape is one line, before the runtime
         try:
             self.adapters.load(str(path), name)
         except Exception as exc:  # onnxruntime-genai raises RuntimeError/OrtException with the runtime's text
             raise EdgewiseError(f"cannot load adapter {path}: {str(exc).splitlines()[0]}") from exc
         self.names.append(name)
+
+    @functools.cached_property
+    def lora_inputs(self) -> dict:
+        import onnx
+
+        return lora_inputs(onnx.load(self.model_dir / "model.onnx", load_external_data=False).graph)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)

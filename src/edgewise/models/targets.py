@@ -1,0 +1,54 @@
+"""Per-target facts, one table: for each device an exported model can be built for, the model builder's name for it,
+the execution provider, the precisions that are built and run there, its key in genai_config.json and the package
+that runs it. `--device` and `--provider` are both read through this table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgewise.core.errors import EdgewiseError
+
+
+@dataclass(frozen=True)
+class Target:
+    device: str  # the builder's -e value
+    provider: str  # the ONNX Runtime execution provider
+    precisions: tuple[str, ...]  # weight precisions built for it (the first is the default)
+    runtime: str  # what runs such a model
+    genai_key: str | None  # its entry in genai_config.json's provider_options (None: the CPU)
+
+
+TARGETS = {t.device: t for t in (
+    Target("cpu", "CPUExecutionProvider", ("int4", "int8", "fp16", "fp32"), "onnxruntime-genai", None),
+    Target("cuda", "CUDAExecutionProvider", ("int4", "int8", "fp16", "bf16", "fp32"),
+           "onnxruntime-genai-cuda (with onnxruntime-gpu)", "cuda"),
+    Target("dml", "DmlExecutionProvider", ("int4", "fp16"), "onnxruntime-genai-directml (Windows)", "dml"),
+    Target("webgpu", "WebGpuExecutionProvider", ("int4", "fp16", "fp32"),
+           "onnxruntime-genai-winml (Windows) or onnxruntime-web (a browser)", "webgpu"),
+)}
+DEVICES = (*TARGETS, "gpu")  # gpu: the CUDA target
+PROVIDERS = {t.provider: t for t in TARGETS.values()}
+
+
+def target_for(device: str, provider: str | None = None) -> Target:
+    """The target named by --provider, else by --device (gpu means CUDA)."""
+    if provider:
+        if provider not in PROVIDERS:
+            raise EdgewiseError(f"unknown provider '{provider}': use one of {', '.join(PROVIDERS)}")
+        return PROVIDERS[provider]
+    device = "cuda" if device == "gpu" else device
+    if device not in TARGETS:
+        raise EdgewiseError(f"unknown device '{device}': use one of {', '.join(DEVICES)}")
+    return TARGETS[device]
+
+
+def check_precision(target: Target, precision: str) -> None:
+    if precision not in target.precisions:
+        raise EdgewiseError(f"precision {precision} is not built for {target.provider}: use "
+                            f"{', '.join(target.precisions)}")
+
+
+def target_of(genai_config: dict) -> Target:
+    """The target an exported model was built for, from its genai_config.json."""
+    options = genai_config["model"]["decoder"].get("session_options", {}).get("provider_options", [])
+    keys = {key for entry in options for key in entry}
+    return next((t for t in TARGETS.values() if t.genai_key in keys), TARGETS["cpu"])
