@@ -41,3 +41,29 @@ def test_finetune_on_cuda_learns(tiny, cache, tiny_data):
     cfg = FinetuneConfig(data_files=str(tiny_data), max_steps=8, lora_r=4, learning_rate=1e-2, device="cuda")
     metrics = engine.run_pass("finetune", art, cfg, cache).manifest["metrics"]
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
+
+
+def test_cuda_export_with_an_adapter_runs_in_onnxruntime_genai_cuda(tiny_llama, cache, tiny_data, tmp_path):
+    """Needs onnxruntime-genai-cuda too: the CUDA export loads with its fp16 adapter, the adapter changes the greedy
+    tokens, and a zero-B adapter gives the base model's tokens (bench/gpu_targets.py also compares logits)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgewise.models import onnx_lora
+    from edgewise.passes.export import ExportConfig
+    from edgewise.runtime.genai import Runtime, RuntimeMissing, Sampling
+
+    ft = engine.run_pass("finetune", engine.folder_artifact(tiny_llama), FinetuneConfig(
+        data_files=str(tiny_data), max_steps=8, lora_r=4, learning_rate=0.05), cache)
+    model = engine.run_pass("export", ft, ExportConfig(device="cuda"), cache).path / "model"
+    fmt = ort.AdapterFormat.read_adapter(str(model / onnx_lora.ADAPTER_FILE))
+    arrays = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
+    zero = {k: np.zeros_like(v) if k.endswith("lora_B") else v for k, v in arrays.items()}
+    onnx_lora.write_adapter(zero, tmp_path / "zero.onnx_adapter", "float16")
+    try:
+        runtime = Runtime(model, {"tuned": model / onnx_lora.ADAPTER_FILE, "zero": tmp_path / "zero.onnx_adapter"})
+    except RuntimeMissing:
+        pytest.skip("onnxruntime-genai-cuda is not installed")
+    ids = runtime.prompt_ids([{"role": "user", "content": "Where should I go in city 3?"}])
+    answers = {name: list(runtime.stream_tokens(ids, name, Sampling(8))) for name in (None, "tuned", "zero")}
+    assert answers["tuned"] != answers[None] and answers["zero"] == answers[None]

@@ -52,8 +52,9 @@ def check_adapter(path: Path, inputs: dict[str, tuple[str, list]]) -> None:
 
     try:
         params = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
-    except Exception as exc:  # onnxruntime reports unreadable FlatBuffers as RuntimeError
-        raise EdgewiseError(f"{path}: not a readable .onnx_adapter ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # onnxruntime reports unreadable FlatBuffers as RuntimeError, after its source location
+        reason = str(exc).splitlines()[0].rsplit(") ", 1)[-1] if str(exc) else type(exc).__name__
+        raise EdgewiseError(f"cannot load adapter {path}: not a readable .onnx_adapter ({reason})") from exc
     for name, value in params.items():
         if name not in inputs:
             raise EdgewiseError(f"adapter {path.name}: tensor {name} is not an input of the model")
