@@ -52,6 +52,7 @@ def select(candidates, objectives: list[Objective]) -> tuple[object | None, list
         best = min(values) if lower else max(values)
         pool = [c for c, v in zip(pool, values) if abs(v - best) <= objective.tolerance * abs(best)]
         near = f" and within {objective.tolerance:.0%} of it" if objective.tolerance else ""
-        why.append(f"{objective.metric}: best {best:.4g}; trials {', '.join(str(c.trial) for c in pool)} at it{near}")
+        who = f"trial {pool[0].trial}" if len(pool) == 1 else f"trials {', '.join(str(c.trial) for c in pool)}"
+        why.append(f"{objective.metric}: best {best:.4g}; {who} at it{near}")
     winner = min(pool, key=lambda c: c.trial) if pool else None
     return winner, why
