@@ -36,12 +36,12 @@ def flag_name(f: dataclasses.Field) -> str:
 
 # --- flags -----------------------------------------------------------------------------------------------------------
 
-def add_flags(parser, cls, only=None, skip=(), defaults=None, required=(), title: str | None = None) -> None:
-    """One flag per field (those in `only`, minus `skip`), with its type, choices and help; `defaults` and
+def add_flags(parser, cls, only=None, defaults=None, required=(), title: str | None = None) -> None:
+    """One flag per field (those in `only`, or all), with its type, choices and help; `defaults` and
     `required` adjust a command's view of the dataclass."""
     group = parser.add_argument_group(title or f"{cls.__name__} options")
     for name, (f, kind) in field_types(cls).items():
-        if (only is not None and name not in only) or name in skip:
+        if only is not None and name not in only:
             continue
         default = (defaults or {}).get(name, f.default if f.default is not dataclasses.MISSING else None)
         meta, base = f.metadata, base_type(kind)

@@ -14,8 +14,9 @@ from edgewise.core.fsutil import MANIFEST, atomic_dir, check_output_path, link_t
 from edgewise.core.log import log
 from edgewise.engine import plugins, report
 from edgewise.engine.cache import cache_root
-from edgewise.engine.search import Candidate, Runner, probe_values, step_configs
+from edgewise.engine.search import Candidate, Runner, probe_values, step_config
 from edgewise.engine.selection import objectives_of
+from edgewise.engine.steps import check_steps
 from edgewise.engine.workflow import Step, Workflow
 from edgewise.evaluators import EVALUATORS, direction
 from edgewise.passes import PASSES
@@ -34,9 +35,9 @@ class Result:
 def probe_configs(step: Step) -> list:
     """Configs enough to check every value a step may take: its first choices, then each searched value in turn."""
     first = {name: probe_values(spec)[0] for name, spec in step.space.items()}
-    configs = [step_configs(step, PASSES, first)]
+    configs = [step_config(step, PASSES, first)]
     for name, spec in step.space.items():
-        configs += [step_configs(step, PASSES, {**first, name: value}) for value in probe_values(spec)[1:]]
+        configs += [step_config(step, PASSES, {**first, name: value}) for value in probe_values(spec)[1:]]
     return list(dict.fromkeys(configs))
 
 
@@ -45,10 +46,8 @@ def check(workflow: Workflow) -> None:
     plugins.load_all()
     settings = workflow.settings
     configs = [c for step in workflow.passes for c in probe_configs(step)]
-    configs += [step_configs(step, EVALUATORS, {}) for step in workflow.evaluators]
-    for config in dict.fromkeys(configs):
-        if hasattr(config, "check"):
-            config.check()
+    configs += [step_config(step, EVALUATORS, {}) for step in workflow.evaluators]
+    check_steps([(None, config) for config in dict.fromkeys(configs)])
     objectives = objectives_of(workflow)
     for metric in [o.metric for o in objectives] + [g.metric for g in settings.goals]:
         direction(metric)

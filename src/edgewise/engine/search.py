@@ -113,7 +113,8 @@ def goal_failure(goals: list[Goal], metrics: dict, reference: dict) -> str | Non
     return None
 
 
-def step_configs(step: Step, table, values: dict):
+def step_config(step: Step, table, values: dict):
+    """The config of a pass or evaluator step with `values` (searched ones) over its fixed values."""
     return cfg.make(table[step.type].config_cls, {**step.fixed, **values}, step.type)
 
 
@@ -130,14 +131,15 @@ class Runner:
         self.tried: dict[str, Candidate] = {}
         self.reference: dict = {}
         self.selection: list[str] = []
+        self.evaluations = [(step.type, step_config(step, EVALUATORS, {})) for step in workflow.evaluators]
 
     def measure_reference(self) -> None:
         """The input model's metrics, where an evaluator applies to it (latency needs an exported model)."""
-        for step in self.wf.evaluators:
+        for name, config in self.evaluations:
             try:
-                self.reference.update(evaluate(self.source, step.type, step_configs(step, EVALUATORS, {}), self.cache))
+                self.reference.update(evaluate(self.source, name, config, self.cache))
             except Exception as exc:  # e.g. latency needs an exported model; a plugin may not apply to the input
-                log.info("reference %s: not measured on the input model (%s)", step.type, _reason(exc))
+                log.info("reference %s: not measured on the input model (%s)", name, _reason(exc))
         for goal in self.settings.goals:
             if goal.max_degradation is not None and goal.metric not in self.reference:
                 raise EdgewiseError(f"goal on {goal.metric} is relative to the input model, which it cannot measure; "
@@ -148,15 +150,15 @@ class Runner:
         for key, value in params.items():
             index, name = self.keys[key]
             per_pass[index][name] = value
-        return [(step.type, step_configs(step, PASSES, values)) for step, values in zip(self.wf.passes, per_pass)]
+        return [(step.type, step_config(step, PASSES, values)) for step, values in zip(self.wf.passes, per_pass)]
 
     def run_candidate(self, trial: int, params: dict) -> Candidate:
         candidate = Candidate(trial, params)
         try:
             artifact = run_steps(self.source, self.steps_for(params), self.cache, checked=True)
             candidate.path, candidate.lineage = str(artifact.path), artifact.manifest.get("lineage", [])
-            for step in self.wf.evaluators:
-                candidate.metrics.update(evaluate(artifact, step.type, step_configs(step, EVALUATORS, {}), self.cache))
+            for name, config in self.evaluations:
+                candidate.metrics.update(evaluate(artifact, name, config, self.cache))
                 reason = goal_failure(self.settings.goals, candidate.metrics, self.reference)
                 if reason:
                     candidate.status, candidate.reason = "pruned", reason
@@ -226,7 +228,7 @@ class Runner:
 
     def pass_by_pass(self, space: dict) -> None:
         """Search one pass's parameters at a time, later passes at their first choice, keeping each stage's best."""
-        fixed = {key: grid_values(key, spec)[0] if isinstance(spec, list) else spec["low"] for key, spec in space.items()}
+        fixed = {key: probe_values(spec)[0] for key, spec in space.items()}
         for index in sorted({i for i, _ in self.keys.values()}):
             stage = {k: s for k, s in space.items() if self.keys[k][0] == index}
             winner, _ = select(self.study(stage, {k: v for k, v in fixed.items() if k not in stage}), self.objectives)

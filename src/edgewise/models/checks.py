@@ -14,10 +14,6 @@ from edgewise.models import onnx_lora
 _ORT_TYPES = {"tensor(float)": "float", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16"}
 
 
-def _type_name(elem_type: int) -> str:
-    return onnx.helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
-
-
 def lora_inputs(graph) -> dict[str, tuple[str, list]]:
     """LoRA input name -> (element type, dims with None where symbolic)."""
     found = {}
@@ -25,21 +21,20 @@ def lora_inputs(graph) -> dict[str, tuple[str, list]]:
         if value.name.endswith((".lora_A", ".lora_B")):
             tensor = value.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-            found[value.name] = (_type_name(tensor.elem_type), dims)
+            found[value.name] = (onnx_lora.type_name(tensor.elem_type), dims)
     return found
 
 
 def check_lora_types(graph) -> None:
     """Each LoRA input has the type of the activation it multiplies (fp32 inputs in an fp16 graph do not load)."""
     inits = {i.name: i for i in graph.initializer}
-    nodes = {node.name: node for node in graph.node}
     producers = {out: node for node in graph.node for out in node.output}
     inputs = lora_inputs(graph)
-    for name, node in nodes.items():
-        if name.endswith("/lora/Add"):
-            prefix = name.removesuffix("/lora/Add")
+    for node in graph.node:
+        if node.name.endswith("/lora/Add"):
+            prefix = node.name.removesuffix("/lora/Add")
             projection = producers[node.input[0]]
-            wanted = _type_name(onnx_lora.activation_dtype(projection, inits))
+            wanted = onnx_lora.type_name(onnx_lora.activation_dtype(projection, inits))
             for tensor in (f"{prefix}.lora_A", f"{prefix}.lora_B"):
                 if inputs[tensor][0] != wanted:
                     raise EdgewiseError(f"LoRA input {tensor} is {inputs[tensor][0]}, but the activation at "

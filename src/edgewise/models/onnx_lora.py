@@ -33,6 +33,11 @@ def _weight_shape(node, inits) -> tuple[int, int]:
     return tuple(inits[node.input[1]].dims)
 
 
+def type_name(elem_type: int) -> str:
+    """An onnx element type as onnx names it: float, float16, bfloat16."""
+    return helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
+
+
 def activation_dtype(node, inits) -> int:
     """The element type of a projection's input activation (an onnx TensorProto type): MatMulNBits' scales share
     it (T1), a float MatMul's weight has it."""
@@ -64,7 +69,7 @@ def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
         dtype = activation_dtype(node, inits)
         new_nodes.append((node, _lora_nodes(graph, node, prefix, k, n, dtype)))
         layout[prefix] = {"layer": layer, "in": k, "out": n, "covers": offsets,
-                          "dtype": helper.tensor_dtype_to_string(dtype).removeprefix("TensorProto.").lower()}
+                          "dtype": type_name(dtype)}
     if not layout:
         raise EdgewiseError(f"the exported graph has no projection for LoRA targets {sorted(targets)}")
     _insert_after(graph, new_nodes)

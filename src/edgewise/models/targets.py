@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from edgewise.core.errors import EdgewiseError
 
 
+PRECISIONS = ("int4", "int8", "fp16", "bf16", "fp32")  # the model builder's -p values
+
+
 @dataclass(frozen=True)
 class Target:
     device: str  # the builder's -e value
@@ -27,6 +30,7 @@ TARGETS = {t.device: t for t in (
 )}
 DEVICES = (*TARGETS, "gpu")  # gpu: the CUDA target
 PROVIDERS = {t.provider: t for t in TARGETS.values()}
+PRECISIONS_BY_TARGET = "; ".join(f"{t.device}: {' '.join(t.precisions)}" for t in TARGETS.values())
 
 
 def target_for(device: str, provider: str | None = None) -> Target:

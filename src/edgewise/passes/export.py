@@ -17,7 +17,7 @@ from edgewise.core.log import log
 from edgewise.models import onnx_lora
 from edgewise.models.archs import unpacked
 from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config, read_config
-from edgewise.models.targets import DEVICES, PROVIDERS, check_precision, target_for
+from edgewise.models.targets import DEVICES, PRECISIONS, PRECISIONS_BY_TARGET, PROVIDERS, check_precision, target_for
 from edgewise.passes import register
 
 
@@ -26,8 +26,7 @@ class ExportConfig:
     adapter_path: str | None = field(default=None, metadata={
         "help": "PEFT adapter folder to ship as adapter_weights.onnx_adapter", "path": True})
     precision: str = field(default="int4", metadata={
-        "help": "weight precision of the ONNX model (cpu: int4 int8 fp16 fp32; cuda: int4 int8 fp16 bf16 fp32; dml: "
-                "int4 fp16; webgpu: int4 fp16 fp32)", "choices": ("int4", "int8", "fp16", "bf16", "fp32")})
+        "help": f"weight precision of the ONNX model ({PRECISIONS_BY_TARGET})", "choices": PRECISIONS})
     device: str = field(default="cpu", metadata={"help": "target device (gpu: cuda)", "choices": DEVICES})
     provider: str | None = field(default=None, metadata={
         "help": "execution provider (overrides --device)", "choices": tuple(PROVIDERS)})

@@ -38,14 +38,15 @@ class Runtime:
         self.model_dir = model_dir = Path(model_dir)
         if not (model_dir / "genai_config.json").is_file():
             raise EdgewiseError(f"{model_dir} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
+        target = None  # known once genai_config.json is read: the provider the model was built for
         try:
             genai_config = json.loads((model_dir / "genai_config.json").read_text())
             self.context_length = int(genai_config["model"]["context_length"])
+            target = target_of(genai_config)
             self.model = og.Model(str(model_dir))
             self.tokenizer = og.Tokenizer(self.model)
         except Exception as exc:  # the runtime's RuntimeError text names the damaged file
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            target = target_of(genai_config) if "genai_config" in locals() else None
             if target and target.genai_key and any(m in text for m in _MISSING):
                 raise RuntimeMissing(f"{model_dir} is built for {target.provider}, which this machine's "
                                      f"onnxruntime-genai cannot run; it runs with {target.runtime}") from exc
