@@ -43,10 +43,10 @@ def word_tokenizer(folder: Path):
     fast.save_pretrained(folder)
 
 
-def build_model(folder: Path, tokenizer: Path | None) -> None:
+def build_model(folder: Path, tokenizer: Path | None, layers: int | None = None) -> None:
     from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
 
-    shape = dict(PHI35)
+    shape = dict(PHI35, num_hidden_layers=layers or PHI35["num_hidden_layers"])
     if tokenizer:
         tok = AutoTokenizer.from_pretrained(tokenizer)
         tok.save_pretrained(folder)
