@@ -56,9 +56,9 @@ def tiny_model(kind: str, folder: Path) -> Path:
     elif kind == "gemma":
         config = GemmaConfig(num_key_value_heads=1, head_dim=16, tie_word_embeddings=True, **common)
     else:
-        common["max_position_embeddings"] = 4096  # the builder's plain Phi-3 (4k) path, not LongRoPE
-        config = Phi3Config(num_key_value_heads=4, tie_word_embeddings=False, original_max_position_embeddings=4096,
-                            **common)
+        # transformers' default original_max_position_embeddings (4096) with a 256 window and no rope scaling:
+        # the export repairs what the builder would take for LongRoPE
+        config = Phi3Config(num_key_value_heads=4, tie_word_embeddings=False, **common)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # larger weights than the init's 0.02 so that logits are not near-ties

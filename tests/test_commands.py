@@ -48,15 +48,16 @@ def _lora_weights(folder):
 
 
 def test_interrupted_finetune_resumes_to_the_same_adapter(tiny_llama, tiny_data, tmp_path, monkeypatch):
-    config = FinetuneConfig(data_files=str(tiny_data), max_steps=6, save_steps=2, lora_r=4, learning_rate=1e-2)
+    config = FinetuneConfig(data_files=str(tiny_data), max_steps=6, save_steps=2, lora_r=4, learning_rate=1e-2,
+                            eval_split=0.25, eval_steps=2)  # the held-out history is resumed too
     art = engine.folder_artifact(tiny_llama)
     straight = engine.run_pass("finetune", art, config, tmp_path / "a")
 
     real_checkpoint = finetune._checkpoint
 
-    def checkpoint_then_stop(model, optimizer, schedule, step, losses, work):
-        real_checkpoint(model, optimizer, schedule, step, losses, work)
-        if step == 4:
+    def checkpoint_then_stop(*args):
+        real_checkpoint(*args)
+        if args[3] == 4:  # the step
             raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune, "_checkpoint", checkpoint_then_stop)
@@ -67,7 +68,8 @@ def test_interrupted_finetune_resumes_to_the_same_adapter(tiny_llama, tiny_data,
     resumed = engine.run_pass("finetune", art, config, tmp_path / "b")
     a, b = _lora_weights(straight.path), _lora_weights(resumed.path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.manifest["metrics"]["train_loss_last"] == straight.manifest["metrics"]["train_loss_last"]
+    for key in ("train_loss_last", "eval_history"):
+        assert resumed.manifest["metrics"][key] == straight.manifest["metrics"][key]
     assert not (tmp_path / "b" / "work").exists() or not list((tmp_path / "b" / "work").iterdir())
 
 

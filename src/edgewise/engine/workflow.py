@@ -93,14 +93,16 @@ def build_step(raw, table, data: dict[str, Dataset], where: str, searchable: boo
         raise EdgewiseError(f"{where}: expected a mapping with 'type' ({', '.join(sorted(table))})")
     config_cls = table.lookup(raw["type"], f"{where}.type").config_cls
     fields = cfg.field_types(config_cls)
-    params = {k: v for k, v in raw.items() if k not in ("type", "data")}
+    params = {k: v for k, v in raw.items() if k not in ("type", "data", "eval_data")}
+    if "eval_data" in raw:  # a finetune's held-out records, scored during training
+        if "eval_data_files" not in fields:
+            raise EdgewiseError(f"{where}.eval_data: {raw['type']} takes no held-out data")
+        held = _dataset(data, raw["eval_data"], f"{where}.eval_data")
+        params = {"eval_data_files": held.data_files, "eval_data_split": held.data_split, **params}
     if "data" in raw:
-        if raw["data"] not in data:
-            raise EdgewiseError(f"{where}.data: no dataset '{raw['data']}' in the data section "
-                                f"(defined: {', '.join(data) or 'none'})")
-        dataset = dataclasses.asdict(data[raw["data"]])
+        dataset = dataclasses.asdict(_dataset(data, raw["data"], f"{where}.data"))
         params = {**{k: v for k, v in dataset.items() if k in fields}, **params}
-    cfg.check_keys(params, [*fields, "data"], where)
+    cfg.check_keys(params, [*fields, "data", "eval_data"], where)
     fixed, space = {}, {}
     for name, value in params.items():
         if isinstance(value, (list, dict)) and not searchable:
@@ -114,6 +116,12 @@ def build_step(raw, table, data: dict[str, Dataset], where: str, searchable: boo
         else:
             fixed[name] = cfg.check_field(config_cls, name, value, f"{where}.{name}")
     return Step(raw["type"], cfg.resolve_paths(config_cls, fixed), space)
+
+
+def _dataset(data: dict[str, Dataset], name, where: str) -> Dataset:
+    if name not in data:
+        raise EdgewiseError(f"{where}: no dataset '{name}' in the data section (defined: {', '.join(data) or 'none'})")
+    return data[name]
 
 
 def _range(raw: dict, kind, where: str) -> dict:

@@ -30,6 +30,7 @@ class Arch:
     layers: str = "model.layers"  # the module list of decoder layers
     norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
     no_clip: tuple[str, ...] = ("q_proj", "k_proj", "qkv_proj")  # AWQ skips clipping where softmax follows
+    repairs: tuple = ()  # config.json fixes the model builder needs, each f(config dict) -> note or None
 
     def linears(self) -> tuple[str, ...]:
         return tuple(name for group in self.groups for name in group.linears)
@@ -49,6 +50,18 @@ _PHI3_GROUPS = (
 )
 _QV = ("q_proj", "v_proj")
 
+
+def _plain_rope_window(config: dict) -> str | None:
+    """A Phi-3 without rope scaling is a plain-RoPE model, but transformers fills original_max_position_embeddings
+    with 4096 and the builder treats any difference from max_position_embeddings as LongRoPE (and then fails on the
+    missing factors: KeyError 'multi_cache')."""
+    scaling = config.get("rope_scaling") or {}
+    original, window = config.get("original_max_position_embeddings"), config.get("max_position_embeddings")
+    if scaling.get("long_factor") or original in (None, window):
+        return None
+    config["original_max_position_embeddings"] = window
+    return f"original_max_position_embeddings {original} -> {window} (no rope scaling: a plain-RoPE model)"
+
 # Packed projections, in a Hugging Face checkpoint (Phi-3's qkv_proj, gate_up_proj) or in the graph the ONNX Runtime
 # GenAI builder emits for every family (its fused qkv_proj), and the projections they hold, in output order.
 PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -59,11 +72,7 @@ ARCHS: dict[str, Arch] = {
     "qwen2": Arch("qwen2", _LLAMA_GROUPS, _QV),
     "qwen3": Arch("qwen3", _LLAMA_GROUPS, _QV),
     "gemma": Arch("gemma", _LLAMA_GROUPS, _QV, norm_offset=1.0),
-    "phi3": Arch(
-        "phi3",
-        _PHI3_GROUPS,
-        ("qkv_proj", "o_proj"),
-    ),
+    "phi3": Arch("phi3", _PHI3_GROUPS, ("qkv_proj", "o_proj"), repairs=(_plain_rope_window,)),
 }
 
 
@@ -74,6 +83,12 @@ def arch_for(config) -> Arch:
         supported = ", ".join(sorted(ARCHS))
         raise EdgewiseError(f"unsupported architecture '{model_type}': edgewise supports {supported}")
     return ARCHS[model_type]
+
+
+def repair_config(config: dict) -> list[str]:
+    """Apply the architecture's config repairs in place; one note per change."""
+    arch = ARCHS.get(config.get("model_type"))
+    return [note for repair in (arch.repairs if arch else ()) if (note := repair(config))]
 
 
 def unpacked(projection: str) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ A quantized edgewise checkpoint is a plain Hugging Face folder in the GPTQ forma
 here gives an ordinary float model whose linear weights are exactly the dequantized integers."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,15 @@ from edgewise.models.qtensor import QTensor, pack_gptq, unpack_gptq
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _SKIP = {"config.json", "model.safetensors.index.json", "edgewise.json"}
+
+
+@functools.cache
+def quiet_transformers() -> None:
+    """edgewise shows its own progress bars: transformers' per-tensor ones ("Loading weights", "Writing model
+    shards") would interleave with them. Called where transformers loads or saves weights (it is imported lazily)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 def read_config(folder: Path, trust_remote_code: bool = False):
@@ -51,6 +61,7 @@ def load_model(folder: Path, dtype=torch.float32, device: str = "cpu", trust_rem
     """A float PyTorch model; quantized checkpoints come back with exactly their dequantized weights."""
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     folder = Path(folder)
     config = read_config(folder, trust_remote_code)
     qconfig = quantization_config(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ import onnx
 
 from edgewise.core.artifact import MODEL, Artifact, model_and_adapter
 from edgewise.core.errors import EdgewiseError
+from edgewise.core.fsutil import link_tree
 from edgewise.core.log import log
 from edgewise.models import onnx_lora
-from edgewise.models.archs import unpacked
+from edgewise.models.archs import repair_config, unpacked
 from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config, read_config
 from edgewise.models.targets import DEVICES, PRECISIONS, PRECISIONS_BY_TARGET, PROVIDERS, check_precision, target_for
 from edgewise.passes import register
@@ -67,16 +69,27 @@ def lora_target_set(adapter: Path | None, config: ExportConfig) -> set[str]:
 
 
 def builder_input(folder: Path, precision: str, work: Path) -> Path:
-    """The folder the builder reads: the checkpoint itself, or its dequantized float copy for float exports."""
+    """The folder the builder reads: the checkpoint itself, or its dequantized float copy for float exports, with
+    its config repaired where the builder would misread it (a linked copy then, with the repair logged)."""
     qconfig = quantization_config(folder)
-    if not qconfig or (precision == "int4" and qconfig["bits"] == 4) or (precision == "int8" and qconfig["bits"] == 8):
+    if qconfig and not ((precision == "int4" and qconfig["bits"] == 4) or (precision == "int8" and qconfig["bits"] == 8)):
+        dense = work / "dequantized"
+        if not (dense / "config.json").is_file():
+            model = load_model(folder)  # transformers' own bars are silenced there
+            model.save_pretrained(dense)
+            copy_side_files(folder, dense)
+        folder = dense
+    config = json.loads((folder / "config.json").read_text())
+    notes = repair_config(config)
+    if not notes:
         return folder
-    dense = work / "dequantized"
-    if not (dense / "config.json").is_file():
-        model = load_model(folder)
-        model.save_pretrained(dense)
-        copy_side_files(folder, dense)
-    return dense
+    repaired = work / "repaired"
+    shutil.rmtree(repaired, ignore_errors=True)  # left by an interrupted run
+    link_tree(folder, repaired, skip=("config.json",))
+    (repaired / "config.json").write_text(json.dumps(config, indent=2))
+    for note in notes:
+        log.info("config repaired for the builder: %s", note)
+    return repaired
 
 
 def run_builder(src: Path, out: Path, config: ExportConfig, work: Path) -> None:

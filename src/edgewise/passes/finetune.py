@@ -47,7 +47,17 @@ class FinetuneConfig:
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_seq_len: int = field(default=512, metadata={"help": "tokens per example (longer ones are truncated)"})
     response_only: bool = field(default=True, metadata={"help": "loss on response tokens only"})
-    eval_split: float = field(default=0.0, metadata={"help": "fraction of records held out for an eval loss"})
+    eval_split: float = field(default=0.0, metadata={
+        "help": "fraction of the records held out: their response loss is reported before and after training"})
+    eval_data_files: str | None = field(default=None, metadata={
+        "help": "held-out records in a file of their own (same format and template), instead of --eval_split",
+        "path": True})
+    eval_data_split: str | None = field(default=None, metadata={"help": "records of --eval_data_files to use"})
+    eval_steps: int = field(default=0, metadata={
+        "help": "score the held-out records every N steps too (0: before and after training only; with "
+                "--early_stopping: every max_steps/10)"})
+    early_stopping: int = field(default=0, metadata={
+        "help": "stop once the held-out loss has not improved for N evaluations; the best adapter is kept"})
     save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (an interrupted run resumes)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
     nproc: int = field(default=1, metadata={
@@ -65,6 +75,14 @@ class FinetuneConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise EdgewiseError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_steps", "early_stopping"):
+            if getattr(self, name) < 0:
+                raise EdgewiseError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if self.early_stopping and not (self.eval_split or self.eval_data_files):
+            raise EdgewiseError("--early_stopping needs held-out records: --eval_split or --eval_data_files")
+        if self.eval_data_files:
+            datasets.load_formatted(self.eval_data_files, self.data_name, self.text_template, self.prompt_column,
+                                    self.response_column, self.eval_data_split)
         if not (0 <= self.lora_dropout < 1 and 0 <= self.eval_split < 1 and self.learning_rate > 0):
             raise EdgewiseError("--lora_dropout and --eval_split must lie in [0, 1), --learning_rate above 0")
         if not self.data_files:
@@ -79,13 +97,24 @@ def lora_targets(config: FinetuneConfig, model) -> list[str]:
     return list(arch_for(model.config).lora_targets)
 
 
-def prepare_data(config: FinetuneConfig, tokenizer):
+def prepare_data(config: FinetuneConfig, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Training examples and held-out ones (--eval_split of the records, or --eval_data_files); held-out examples
+    are scored on their response tokens."""
     records, formatter = datasets.load_formatted(config.data_files, config.data_name, config.text_template,
                                                  config.prompt_column, config.response_column, config.data_split)
-    examples = datasets.tokenize(records, formatter, tokenizer, config.max_seq_len, config.response_only)
-    random.Random(config.seed).shuffle(examples)
-    n_eval = int(len(examples) * config.eval_split)
-    return examples[n_eval:], examples[:n_eval]
+    random.Random(config.seed).shuffle(records)
+    if config.eval_data_files:
+        held, held_formatter = datasets.load_formatted(config.eval_data_files, config.data_name, config.text_template,
+                                                       config.prompt_column, config.response_column,
+                                                       config.eval_data_split)
+    else:
+        n_eval = int(len(records) * config.eval_split)
+        held, records, held_formatter = records[:n_eval], records[n_eval:], formatter
+    if (config.eval_split or config.eval_data_files) and not held:
+        raise EdgewiseError(f"no held-out records: --eval_split {config.eval_split} of {len(records)} records is none"
+                            if not config.eval_data_files else f"{config.eval_data_files} selects no records")
+    train = datasets.tokenize(records, formatter, tokenizer, config.max_seq_len, config.response_only)
+    return train, datasets.tokenize(held, held_formatter, tokenizer, config.max_seq_len) if held else []
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -152,13 +181,13 @@ def train_and_save(model_path, config: FinetuneConfig, out, work) -> dict:
         raise EdgewiseError(f"cannot apply LoRA to {targets}: {str(exc).splitlines()[0]}") from exc
     trained = distributed.wrap(model, config.sharding)
     start = time.time()
-    losses = train_loop(trained, train, config, tokenizer.pad_token_id or 0, device, work)
+    pad_id = tokenizer.pad_token_id or 0
+    held = HeldOut(held_out, lambda: eval_loss(model, held_out, config, pad_id, device), model, config)
+    losses = train_loop(trained, train, config, pad_id, device, work, held)
     metrics = {"train_loss_first": losses[0], "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
                "examples": len(train), "targets": targets, "train_seconds": round(time.time() - start, 2),
-               "processes": distributed.world()}
+               "processes": distributed.world(), "steps": len(losses), **held.metrics()}
     lora_state, _ = distributed.full_state(model)  # every rank takes part when the weights are sharded
-    if held_out and (distributed.rank() == 0 or config.sharding == "fsdp"):
-        metrics["eval_loss"] = eval_loss(model, held_out, config, tokenizer.pad_token_id or 0, device)
     if distributed.rank() == 0:
         model.save_pretrained(out / ADAPTER, state_dict=lora_state)
     return metrics
@@ -173,21 +202,81 @@ def _record_base(adapter_dir, artifact: Artifact) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
-def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str, work) -> list[float]:
+class HeldOut:
+    """The held-out response loss over training: before the first step, every `eval_steps`, after the last. With
+    --early_stopping, training stops once it has not improved for that many evaluations and the best adapter is
+    restored. Every rank scores (the same loss), so all of them stop together."""
+
+    def __init__(self, examples: list[dict], score, model, config: FinetuneConfig):
+        self.enabled, self.score, self.model = bool(examples), score, model
+        self.patience = config.early_stopping
+        self.every = config.eval_steps or (max(1, config.max_steps // 10) if self.patience else 0)
+        self.history: list[list] = []  # [step, loss]
+        self.best: tuple | None = None  # (loss, step, trainable tensors)
+
+    def due(self, step: int) -> bool:
+        return self.enabled and self.every > 0 and step % self.every == 0 and (not self.history or
+                                                                                self.history[-1][0] != step)
+
+    def evaluate(self, step: int) -> float:
+        loss = self.score()
+        self.model.train()
+        self.history.append([step, round(loss, 5)])
+        if self.best is None or loss < self.best[0]:
+            self.best = (loss, step, {n: p.detach().clone() for n, p in self._trainable()})
+        return loss
+
+    def stop(self) -> bool:
+        return bool(self.patience) and self.best is not None and sum(1 for s, _ in self.history if s > self.best[1]) >= self.patience
+
+    def finish(self, step: int) -> None:
+        """The last evaluation; with early stopping the best adapter is put back."""
+        if not self.enabled:
+            return
+        if self.history[-1][0] != step:
+            self.evaluate(step)
+        if self.patience and self.best[1] != step:
+            with torch.no_grad():
+                for name, param in self._trainable():
+                    param.copy_(self.best[2][name])
+            log.info("finetune: keeping the adapter of step %d (held-out loss %.4f)", self.best[1], self.best[0])
+
+    def _trainable(self):
+        return ((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+
+    def state(self) -> dict:
+        return {"history": self.history, "best": list(self.best) if self.best else None}
+
+    def restore(self, state: dict) -> None:
+        self.history, self.best = state["history"], tuple(state["best"]) if state["best"] else None
+
+    def metrics(self) -> dict:
+        if not self.enabled:
+            return {}
+        kept = self.best if self.patience else (self.history[-1][1], self.history[-1][0])
+        return {"eval_loss_before": self.history[0][1], "eval_loss": round(kept[0], 5), "eval_step": kept[1],
+                "eval_history": self.history}
+
+
+def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str, work,
+               held: HeldOut) -> list[float]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, config.max_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(
         0.0, (config.max_steps - s) / max(1, config.max_steps - warmup))))
-    step, losses = _resume(model, optimizer, schedule, work)
+    step, losses = _resume(model, optimizer, schedule, work, held)
     per_step = config.gradient_accumulation_steps * distributed.world()  # micro-batches per optimizer step, all ranks
     stream = batches(examples, config.batch_size, config.seed)
     for _ in range(step * per_step):
         next(stream)
-    model.train()
     bar = tqdm(total=config.max_steps, initial=step, desc="finetune", unit="step", leave=False,
                disable=distributed.rank() > 0)
-    while step < config.max_steps:
+    postfix = {}
+    if held.enabled and step == 0:
+        postfix["eval"] = f"{held.evaluate(0):.3f}"
+    model.train()
+    while step < config.max_steps and not held.stop():
         total = 0.0
         mine = [next(stream) for _ in range(per_step)][distributed.rank()::distributed.world()]
         for micro in mine:
@@ -203,23 +292,30 @@ def train_loop(model, examples, config: FinetuneConfig, pad_id: int, device: str
         optimizer.zero_grad(set_to_none=True)
         step += 1
         losses.append(total)
-        bar.set_postfix(loss=f"{total:.3f}")
+        postfix["loss"] = f"{total:.3f}"
+        if held.due(step):
+            postfix["eval"] = f"{held.evaluate(step):.3f}"
+        bar.set_postfix(postfix)
         bar.update(1)
         if step % config.save_steps == 0 and step < config.max_steps:
-            _checkpoint(model, optimizer, schedule, step, losses, work)
+            _checkpoint(model, optimizer, schedule, step, losses, work, held)
     bar.close()
+    if step < config.max_steps:
+        log.info("finetune: early stop at step %d (held-out loss not better for %d evaluations)", step,
+                 held.patience)
+    held.finish(step)
     if not all(math.isfinite(x) for x in losses):
         raise EdgewiseError("training diverged (loss is not finite): lower --learning_rate")
     log.info("finetune: loss %.3f -> %.3f over %d steps", losses[0], sum(losses[-10:]) / len(losses[-10:]), step)
     return losses
 
 
-def _checkpoint(model, optimizer, schedule, step, losses, work) -> None:
+def _checkpoint(model, optimizer, schedule, step, losses, work, held: HeldOut) -> None:
     lora, optim = distributed.full_state(model, optimizer)  # a collective under FSDP: every rank calls it
     if distributed.rank() > 0:
         return
     state = {"step": step, "losses": losses, "optimizer": optim, "schedule": schedule.state_dict(),
-             "lora": lora, "rng": torch.get_rng_state()}
+             "lora": lora, "rng": torch.get_rng_state(), "held_out": held.state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     tmp = work / "checkpoint.pt.tmp"
@@ -227,7 +323,7 @@ def _checkpoint(model, optimizer, schedule, step, losses, work) -> None:
     tmp.replace(work / "checkpoint.pt")
 
 
-def _resume(model, optimizer, schedule, work):
+def _resume(model, optimizer, schedule, work, held: HeldOut):
     path = work / "checkpoint.pt"
     if not path.is_file():
         return 0, []
@@ -235,6 +331,7 @@ def _resume(model, optimizer, schedule, work):
     distributed.load_full_state(model, optimizer, state["lora"], state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])  # dropout masks continue exactly where the interrupted run stopped
+    held.restore(state["held_out"])
     if "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     log.info("finetune: resuming at step %d", state["step"])

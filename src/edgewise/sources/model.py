@@ -88,7 +88,10 @@ def gguf_to_hf(gguf: Path, cache_root: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from edgewise.models.checkpoint import quiet_transformers
+
     log.info("converting %s to a Hugging Face folder (once)", gguf.name)
+    quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
