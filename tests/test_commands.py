@@ -14,7 +14,7 @@ from test_cli_errors import edgewise
 from edgewise import engine
 from edgewise.models.checkpoint import load_tokenizer
 from edgewise.models.onnx_lora import ADAPTER_FILE
-from edgewise.passes import finetune
+from edgewise.compute import training
 from edgewise.passes.finetune import FinetuneConfig
 from edgewise.runtime.genai import Runtime, Sampling
 from edgewise.sources import datasets
@@ -53,18 +53,18 @@ def test_interrupted_finetune_resumes_to_the_same_adapter(tiny_llama, tiny_data,
     art = engine.folder_artifact(tiny_llama)
     straight = engine.run_pass("finetune", art, config, tmp_path / "a")
 
-    real_checkpoint = finetune._checkpoint
+    real_checkpoint = training._checkpoint
 
     def checkpoint_then_stop(*args):
         real_checkpoint(*args)
         if args[3] == 4:  # the step
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune, "_checkpoint", checkpoint_then_stop)
+    monkeypatch.setattr(training, "_checkpoint", checkpoint_then_stop)
     with pytest.raises(KeyboardInterrupt):
         engine.run_pass("finetune", art, config, tmp_path / "b")
     assert not list((tmp_path / "b" / "runs").iterdir())  # nothing half-written is visible
-    monkeypatch.setattr(finetune, "_checkpoint", real_checkpoint)
+    monkeypatch.setattr(training, "_checkpoint", real_checkpoint)
     resumed = engine.run_pass("finetune", art, config, tmp_path / "b")
     a, b = _lora_weights(straight.path), _lora_weights(resumed.path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

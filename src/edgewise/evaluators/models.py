@@ -11,7 +11,6 @@ import numpy as np
 
 from edgewise.core.artifact import MODEL, model_and_adapter
 from edgewise.core.errors import EdgewiseError
-from edgewise.models.checkpoint import load_tokenizer
 from edgewise.models.onnx_lora import ADAPTER_FILE
 
 
@@ -23,6 +22,8 @@ class _Lazy:
 
     @functools.cached_property
     def tokenizer(self):
+        from edgewise.models.checkpoint import load_tokenizer
+
         return load_tokenizer(self.folder)
 
 

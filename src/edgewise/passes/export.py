@@ -1,5 +1,6 @@
 """auto-opt: export to an ONNX Runtime GenAI folder with the model builder, keep the quantized integers exactly,
-add LoRA inputs and write the adapter as `adapter_weights.onnx_adapter`."""
+add LoRA inputs and write the adapter as `adapter_weights.onnx_adapter`. onnx and torch are imported when the pass
+runs (the config and its checks stay light)."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
-
 from edgewise.core.artifact import MODEL, Artifact, model_and_adapter
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import link_tree
 from edgewise.core.log import log
-from edgewise.models import onnx_lora
 from edgewise.models.archs import repair_config, unpacked
-from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config, read_config
 from edgewise.models.targets import DEVICES, PRECISIONS, PRECISIONS_BY_TARGET, PROVIDERS, check_precision, target_for
 from edgewise.passes import register
 
@@ -71,6 +68,8 @@ def lora_target_set(adapter: Path | None, config: ExportConfig) -> set[str]:
 def builder_input(folder: Path, precision: str, work: Path) -> Path:
     """The folder the builder reads: the checkpoint itself, or its dequantized float copy for float exports, with
     its config repaired where the builder would misread it (a linked copy then, with the repair logged)."""
+    from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config
+
     qconfig = quantization_config(folder)
     if qconfig and not ((precision == "int4" and qconfig["bits"] == 4) or (precision == "int8" and qconfig["bits"] == 8)):
         dense = work / "dequantized"
@@ -131,6 +130,8 @@ def repair_shared_head(model) -> None:
 
 
 def save_onnx(model, path: Path) -> None:
+    import onnx
+
     data = path.with_suffix(".onnx.data")
     data.unlink(missing_ok=True)
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -139,6 +140,11 @@ def save_onnx(model, path: Path) -> None:
 
 @register("export", ExportConfig)
 def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
+    import onnx
+
+    from edgewise.models import onnx_lora
+    from edgewise.models.checkpoint import read_config
+
     base, adapter = export_inputs(artifact.path, config)
     hf_config = read_config(base)
     targets = lora_target_set(adapter, config)
@@ -163,6 +169,7 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
 def validate(model_dir: Path, config: ExportConfig) -> None:
     """Every check this machine can run, each reported in one line: the structural ones always, loading and generating
     where the target's runtime is here. A broken export fails here, not on the device."""
+    from edgewise.models import onnx_lora
     from edgewise.models.checks import check_export
     from edgewise.runtime.genai import Runtime, RuntimeMissing, Sampling
 

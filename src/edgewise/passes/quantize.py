@@ -7,18 +7,11 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
-import torch
-
-from edgewise.compute import devices
 from edgewise.core.artifact import Artifact
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
-from edgewise.models.checkpoint import load_model, load_tokenizer, quantization_config, save_quantized
 from edgewise.passes import register
 from edgewise.quant.algorithms import ALGORITHMS
-from edgewise.quant.calib import token_windows
-from edgewise.quant.int4 import QuantSpec
-from edgewise.quant.layerwise import quantize_model
 from edgewise.sources import datasets
 
 
@@ -67,6 +60,14 @@ def calibration_texts(config, tokenizer) -> list[str]:
 
 @register("quantize", QuantizeConfig)
 def run(artifact: Artifact, config: QuantizeConfig, out, work) -> dict:
+    import torch  # here, not at the top: the config and its checks stay light for the command line
+
+    from edgewise.compute import devices
+    from edgewise.models.checkpoint import load_model, load_tokenizer, quantization_config, save_quantized
+    from edgewise.quant.calib import token_windows
+    from edgewise.quant.int4 import QuantSpec
+    from edgewise.quant.layerwise import quantize_model
+
     if quantization_config(artifact.path):
         raise EdgewiseError(f"{artifact.path} is already quantized")
     torch.manual_seed(config.seed)

@@ -1,14 +1,25 @@
 """The quantization algorithms, one table: how each quantizes a linear, and what it needs from calibration.
-`layerwise.quantize_model` runs any entry; adding an algorithm is adding a row."""
+`layerwise.quantize_model` runs any entry; adding an algorithm is adding a row. The implementations (torch) are
+imported at their first call, so that the names can be listed without importing torch."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from edgewise.core.plugin import Table
-from edgewise.quant.awq import awq_linear, group_scale
-from edgewise.quant.gptq import gptq_quantize
-from edgewise.quant.int4 import rtn
+
+
+def _late(module: str, name: str) -> Callable:
+    def call(*args):
+        return getattr(importlib.import_module(f"edgewise.quant.{module}"), name)(*args)
+
+    call.__qualname__ = f"{module}.{name}"
+    return call
+
+
+awq_linear, group_scale = _late("awq", "awq_linear"), _late("awq", "group_scale")
+gptq_quantize, rtn = _late("gptq", "gptq_quantize"), _late("int4", "rtn")
 
 
 @dataclass(frozen=True)
