@@ -64,7 +64,7 @@ def check(workflow: Workflow) -> None:
 def expand_presets(workflow: Workflow, source) -> Workflow:
     """`finetune` with method qlora trains over a 4-bit AWQ base: a quantize step on the finetune's data goes before
     it unless one is there or the input model is already quantized."""
-    from edgewise.models.checkpoint import quantization_config
+    from edgewise.models.hf_config import quantization_config
 
     passes, quantized = [], bool(quantization_config(source.path))
     for step in workflow.passes:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from edgewise.core.errors import EdgewiseError
 from edgewise.models.archs import arch_for
+from edgewise.models.hf_config import quantization_config
 from edgewise.models.qtensor import QTensor, pack_gptq, unpack_gptq
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -41,11 +42,6 @@ def read_config(folder: Path, trust_remote_code: bool = False):
         raise EdgewiseError(f"cannot read the model config in {folder}: {str(exc).splitlines()[0]}{hint}") from exc
     arch_for(config)
     return config
-
-
-def quantization_config(folder: Path) -> dict | None:
-    raw = json.loads((Path(folder) / "config.json").read_text())
-    return raw.get("quantization_config")
 
 
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):

