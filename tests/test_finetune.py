@@ -76,3 +76,16 @@ def test_a_workflows_eval_data_becomes_the_finetunes_held_out_file(tiny_data, un
     with pytest.raises(EdgewiseError, match="quantize takes no held-out data"):
         workflow.from_dict({"data": {"held": {"data_files": str(unrelated)}},
                             "passes": [{"type": "quantize", "eval_data": "held"}]}, "test")
+
+
+def test_the_command_line_reports_the_held_out_loss(tiny_llama, tiny_data, tmp_path):
+    from test_cli_errors import edgewise
+
+    done = edgewise("finetune", "-m", str(tiny_llama), "--data_files", str(tiny_data), "--eval_split", "0.25",
+                    "--max_steps", "4", "--lora_r", "4", "--output_path", str(tmp_path / "ft"), "--cache_dir",
+                    str(tmp_path / "cache"), "--json")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)["metrics"]
+    before, after = metrics["eval_loss_before"], metrics["eval_loss"]
+    assert f"held-out response loss {before:.3f} -> {after:.3f} ({after / before:.3f}x)" in done.stderr
+    assert "eval=" in done.stderr  # on the progress bar

@@ -140,6 +140,9 @@ class HeldOut:
                 for name, param in self._trainable():
                     param.copy_(self.best[2][name])
             log.info("finetune: keeping the adapter of step %d (held-out loss %.4f)", self.best[1], self.best[0])
+        kept, before = self.metrics()["eval_loss"], self.history[0][1]
+        if distributed.rank() == 0:
+            log.info("finetune: held-out response loss %.3f -> %.3f (%.3fx)", before, kept, kept / before)
 
     def _trainable(self):
         return ((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
