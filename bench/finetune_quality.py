@@ -5,19 +5,20 @@ Usage: python bench/finetune_quality.py [--set 'key=value key=value' ...] [--dat
   e.g. --set '' (the defaults) --set 'learning_rate=1e-3 target_modules=q_proj,v_proj'"""
 import argparse
 import json
+import math
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from edgewise import engine
 from edgewise.core.config import from_mapping
+from edgewise.evaluators import perplexity
 from edgewise.evaluators.models import OnnxModel
-from edgewise.models.checkpoint import load_tokenizer
+from edgewise.evaluators.perplexity import PerplexityConfig
 from edgewise.models.onnx_lora import ADAPTER_FILE
 from edgewise.passes.export import ExportConfig
 from edgewise.passes.finetune import FinetuneConfig
@@ -28,24 +29,21 @@ from edgewise.sources import model as sources
 LAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "travel" / "data_sample_travel.jsonl"
 
 
-def split(path: Path, folder: Path, seed: int = 0, held_out: float = 0.2) -> tuple[Path, list[dict]]:
+def split(path: Path, folder: Path, seed: int = 0, held_out: float = 0.2) -> tuple[Path, Path]:
+    """train.jsonl and held.jsonl in `folder`: a seeded shuffle, the first `held_out` of it held out."""
     records = datasets.load_records(path)
     random.Random(seed).shuffle(records)
     cut = round(len(records) * held_out)
-    train = folder / "train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in records[cut:]))
-    return train, records[:cut]
+    for name, part in (("train", records[cut:]), ("held", records[:cut])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return folder / "train.jsonl", folder / "held.jsonl"
 
 
-def response_loss(model: OnnxModel, examples: list[dict]) -> float:
-    """Token-weighted mean negative log-likelihood of the response tokens."""
-    total, count = 0.0, 0
-    for ex in examples:
-        lp = model.logprobs(ex["input_ids"])
-        mask = np.asarray(ex["labels"][1:]) != datasets.IGNORE
-        total -= float(lp[mask].sum())
-        count += int(mask.sum())
-    return total / count
+def response_loss(model: OnnxModel, held: Path) -> tuple[float, int]:
+    """Token-weighted mean negative log-likelihood of the held-out response tokens (the perplexity evaluator's, as
+    its log), and how many tokens it scored."""
+    scores = perplexity.run(model, PerplexityConfig(data_files=str(held), max_samples=10**6))
+    return math.log(scores["perplexity"]), scores["scored_tokens"]
 
 
 def scalar(text: str):
@@ -75,26 +73,23 @@ def main() -> None:
         awq = engine.folder_artifact(args.base)
     else:
         awq = engine.run_pass("quantize", engine.folder_artifact(sources.resolve(None, cache)), QuantizeConfig(), cache)
-    tokenizer = load_tokenizer(awq.path)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         train, held = split(args.data, Path(tmp))
-        _, formatter = datasets.load_formatted(train, "json", None)
-        examples = datasets.tokenize(held, formatter, tokenizer, 512)
-        base_loss = None
+        n_held, base_loss = len(datasets.load_records(held)), None
         for text in args.set or [""]:
             start = time.time()
             ft = engine.run_pass("finetune", awq, finetune_config(text, train), cache)
             seconds = ft.manifest["metrics"].get("train_seconds", time.time() - start)
             onnx = engine.run_pass("export", ft, ExportConfig(), cache).path / "model"
             if base_loss is None:
-                base_loss = response_loss(OnnxModel(onnx, None), examples)
-            loss = response_loss(OnnxModel(onnx, onnx / ADAPTER_FILE), examples)
+                base_loss, tokens = response_loss(OnnxModel(onnx, None), held)
+            loss, _ = response_loss(OnnxModel(onnx, onnx / ADAPTER_FILE), held)
             rows.append({"config": text or "defaults", "train_seconds": seconds, "held_out_loss": loss,
                          "base_loss": base_loss, "ratio": loss / base_loss})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"held-out: {len(examples)} records ({sum(1 for e in examples for t in e['labels'] if t >= 0)} response "
-          f"tokens); base loss {base_loss:.3f}\n\n| finetune values | train s | held-out loss | ratio |\n| --- | --- | --- | --- |")
+    print(f"held-out: {n_held} records ({tokens} response tokens); base loss "
+          f"{base_loss:.3f}\n\n| finetune values | train s | held-out loss | ratio |\n| --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['config']} | {r['train_seconds']:.0f} | {r['held_out_loss']:.3f} | {r['ratio']:.3f} |")
     if args.json:

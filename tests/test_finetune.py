@@ -2,30 +2,25 @@
 since LoRA starts at zero), every --eval_steps, from --eval_split or a file of its own (a workflow's `eval_data`);
 --early_stopping stops on it and keeps the best adapter."""
 import json
+import math
 
-import numpy as np
 import pytest
 
 from edgewise import engine
 from edgewise.core.errors import EdgewiseError
 from edgewise.engine import workflow
+from edgewise.evaluators import perplexity
 from edgewise.evaluators.models import TorchModel
-from edgewise.models.checkpoint import load_tokenizer
+from edgewise.evaluators.perplexity import PerplexityConfig
 from edgewise.passes.finetune import FinetuneConfig
-from edgewise.sources import datasets
 
 UNRELATED = [{"prompt": f"Name a colour number {i}.", "response": f"Purple, green and orange, said robot {i}."}
              for i in range(6)]
 
 
 def _response_loss(model: TorchModel, path) -> float:
-    records, formatter = datasets.load_formatted(path, "json", None)
-    total, count = 0.0, 0
-    for ex in datasets.tokenize(records, formatter, load_tokenizer(model.folder), 512):
-        mask = np.asarray(ex["labels"][1:]) != datasets.IGNORE
-        total -= float(model.logprobs(ex["input_ids"])[mask].sum())
-        count += int(mask.sum())
-    return total / count
+    """The mean response-token loss, computed apart from training: the perplexity evaluator's, as its log."""
+    return math.log(perplexity.run(model, PerplexityConfig(data_files=str(path)))["perplexity"])
 
 
 @pytest.fixture
