@@ -115,8 +115,7 @@ class HeldOut:
         self.best: tuple | None = None  # (loss, step, trainable tensors)
 
     def due(self, step: int) -> bool:
-        return self.enabled and self.every > 0 and step % self.every == 0 and (not self.history or
-                                                                                self.history[-1][0] != step)
+        return self.enabled and self.every > 0 and step % self.every == 0
 
     def evaluate(self, step: int) -> float:
         loss = self.score()
@@ -127,7 +126,9 @@ class HeldOut:
         return loss
 
     def stop(self) -> bool:
-        return bool(self.patience) and self.best is not None and sum(1 for s, _ in self.history if s > self.best[1]) >= self.patience
+        if not (self.patience and self.best):
+            return False
+        return sum(1 for step, _ in self.history if step > self.best[1]) >= self.patience
 
     def finish(self, step: int) -> None:
         """The last evaluation; with early stopping the best adapter is put back."""

@@ -69,17 +69,17 @@ def builder_input(folder: Path, precision: str, work: Path) -> Path:
     """The folder the builder reads: the checkpoint itself, or its dequantized float copy for float exports, with
     its config repaired where the builder would misread it (a linked copy then, with the repair logged)."""
     from edgewise.models.checkpoint import copy_side_files, load_model
-    from edgewise.models.hf_config import quantization_config
+    from edgewise.models.hf_config import config_json, quantization_config
 
     qconfig = quantization_config(folder)
-    if qconfig and not ((precision == "int4" and qconfig["bits"] == 4) or (precision == "int8" and qconfig["bits"] == 8)):
+    if qconfig and {"int4": 4, "int8": 8}.get(precision) != qconfig["bits"]:  # a float export of a quantized model
         dense = work / "dequantized"
         if not (dense / "config.json").is_file():
             model = load_model(folder)  # transformers' own bars are silenced there
             model.save_pretrained(dense)
             copy_side_files(folder, dense)
         folder = dense
-    config = json.loads((folder / "config.json").read_text())
+    config = config_json(folder)
     notes = repair_config(config)
     if not notes:
         return folder
