@@ -86,7 +86,7 @@ def with_cuda_graph(folder: Path, out: Path) -> Path:
 
 def switching_tokens(runtime, ids) -> list[list[int]]:
     """Greedy tokens with the adapter on, off, on again: CUDA graph replay must follow the active adapter."""
-    from edgewise.runtime.genai import Sampling
+    from edgewise.runtime.sampling import Sampling
 
     return [list(runtime.stream_tokens(ids, name, Sampling(16))) for name in ("tuned", None, "tuned")]
 

@@ -1,6 +1,6 @@
 """Server throughput and latency: `edgewise serve` on an exported model with one adapter, driven by the openai client
 at 1, 4 and 16 concurrent clients (greedy chat requests of 64 tokens, adapters alternating) for a fixed time each.
-Prints a Markdown table. Usage: python bench/serve_load.py MODEL_DIR ADAPTER_FILE [--seconds 30] [--parallel 4]"""
+Prints a Markdown table. Usage: python bench/serve_load.py MODEL_DIR ADAPTER_FILE [--seconds 30] [--max_batch 16]"""
 import argparse
 import socket
 import statistics
@@ -16,12 +16,12 @@ PROMPTS = ["What's a must-see in Paris?", "Best way to get around Tokyo?", "Wher
            "Is Lisbon good in winter?"]
 
 
-def start(model, adapter, parallel):
+def start(model, adapter, max_batch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "edgewise", "serve", model, "--adapter", f"travel={adapter}",
-                             "--port", str(port), "--parallel", str(parallel)], stderr=subprocess.DEVNULL)
+                             "--port", str(port), "--max_batch", str(max_batch)], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -65,9 +65,9 @@ def main():
     parser.add_argument("model")
     parser.add_argument("adapter")
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--max_batch", type=int, default=16)
     args = parser.parse_args()
-    proc, url = start(args.model, args.adapter, args.parallel)
+    proc, url = start(args.model, args.adapter, args.max_batch)
     try:
         print(f"| clients | requests | tokens/s (all clients) | p50 latency s | p99 latency s | errors |")
         print("| --- | --- | --- | --- | --- | --- |")

@@ -83,7 +83,7 @@ def _greedy_torch(model, ids, n):
 
 
 def _greedy_ort(runtime, ids, adapter, n):
-    from edgewise.runtime.genai import Sampling
+    from edgewise.runtime.sampling import Sampling
 
     return [t for t, _ in runtime.stream_tokens(ids, adapter, Sampling(max_new_tokens=n))]
 

@@ -16,7 +16,8 @@ from edgewise.models.checkpoint import load_tokenizer
 from edgewise.models.onnx_lora import ADAPTER_FILE
 from edgewise.compute import training
 from edgewise.passes.finetune import FinetuneConfig
-from edgewise.runtime.genai import Runtime, Sampling
+from edgewise.runtime.genai import Runtime
+from edgewise.runtime.sampling import Sampling
 from edgewise.sources import datasets
 
 

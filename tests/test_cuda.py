@@ -51,7 +51,8 @@ def test_cuda_export_with_an_adapter_runs_in_onnxruntime_genai_cuda(tiny_llama, 
 
     from edgewise.models import onnx_lora
     from edgewise.passes.export import ExportConfig
-    from edgewise.runtime.genai import Runtime, RuntimeMissing, Sampling
+    from edgewise.runtime.genai import Runtime, RuntimeMissing
+    from edgewise.runtime.sampling import Sampling
 
     ft = engine.run_pass("finetune", engine.folder_artifact(tiny_llama), FinetuneConfig(
         data_files=str(tiny_data), max_steps=8, lora_r=4, learning_rate=0.05), cache)

@@ -17,7 +17,8 @@ import openai
 import pytest
 from conftest import RECORDS
 
-from edgewise.runtime.genai import Runtime, Sampling
+from edgewise.runtime.genai import Runtime
+from edgewise.runtime.sampling import Sampling
 
 QUESTIONS = [r["prompt"] for r in RECORDS[:4]]
 

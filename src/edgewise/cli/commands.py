@@ -121,7 +121,8 @@ def named_adapters(specs: list[str]) -> dict[str, str]:
 
 
 def generate(args) -> int:
-    from edgewise.runtime.genai import Runtime, Sampling
+    from edgewise.runtime.genai import Runtime
+    from edgewise.runtime.sampling import Sampling
 
     adapters = named_adapters(args.adapter)
     runtime = Runtime(args.model, adapters)
@@ -164,7 +165,8 @@ def serve(args) -> int:
 
 def chat(args) -> int:
     from edgewise.runtime.chat import ChatSession
-    from edgewise.runtime.genai import Runtime, Sampling
+    from edgewise.runtime.genai import Runtime
+    from edgewise.runtime.sampling import Sampling
 
     runtime = Runtime(args.model, named_adapters(args.adapter))
     session = ChatSession(runtime, cfg.from_args(args, Sampling), args.system,

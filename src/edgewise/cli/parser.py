@@ -142,7 +142,7 @@ def _chain_command(p, config_cls) -> None:
 
 def _runtime_commands(command) -> None:
     from edgewise.runtime.benchmark import BenchmarkConfig
-    from edgewise.runtime.genai import Sampling
+    from edgewise.runtime.sampling import Sampling
     from edgewise.runtime.serve import ServeConfig
 
     p = command("convert-adapters", "turn PEFT adapters of the same base into .onnx_adapter files for a model")

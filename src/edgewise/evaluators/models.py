@@ -50,7 +50,7 @@ class OnnxModel(_Lazy):
         return logits[np.arange(len(ids) - 1), ids[1:]] - log_z
 
     def answer(self, ids: list[int], max_new_tokens: int) -> str:
-        from edgewise.runtime.genai import Sampling
+        from edgewise.runtime.sampling import Sampling
 
         return "".join(self.runtime.stream(ids, self.adapter, Sampling(max_new_tokens)))
 

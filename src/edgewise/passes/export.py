@@ -172,7 +172,8 @@ def validate(model_dir: Path, config: ExportConfig) -> None:
     where the target's runtime is here. A broken export fails here, not on the device."""
     from edgewise.models import onnx_lora
     from edgewise.models.checks import check_export
-    from edgewise.runtime.genai import Runtime, RuntimeMissing, Sampling
+    from edgewise.runtime.genai import Runtime, RuntimeMissing
+    from edgewise.runtime.sampling import Sampling
 
     for line in check_export(model_dir):
         log.info("check %s", line)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from edgewise.runtime.genai import Runtime, Sampling
+from edgewise.runtime.genai import Runtime
+from edgewise.runtime.sampling import Sampling
 
 HELP = "commands: /adapter NAME | /adapter none | /adapters | /reset | /exit"
 

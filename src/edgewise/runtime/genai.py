@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from edgewise.core.errors import EdgewiseError
 from edgewise.models.checks import check_adapter, lora_inputs
 from edgewise.models.targets import target_of
+from edgewise.runtime.sampling import Sampling
 
 # How onnxruntime-genai says it lacks the execution provider a model was built for.
 _MISSING = ("interface not available", "not supported in this build", "has not been built with")
@@ -17,15 +17,6 @@ _MISSING = ("interface not available", "not supported in this build", "has not b
 
 class RuntimeMissing(EdgewiseError):
     """The model is built for an execution provider this machine's onnxruntime-genai does not have."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = field(default=128, metadata={"help": "tokens to generate at most"})
-    temperature: float = field(default=0.0, metadata={"help": "0: greedy"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: keep the most likely tokens up to this mass"})
-    top_k: int = field(default=50, metadata={"help": "sample among this many most likely tokens"})
-    seed: int | None = field(default=None, metadata={"help": "sampling seed (reproducible answers)"})
 
 
 class Runtime:

@@ -1,32 +1,37 @@
 """The OpenAI-compatible HTTP API over one exported model and its adapters (FastAPI; `serve.py` runs it).
 
-`model` in a request picks the adapter ("base" or an adapter's name): each request runs its own onnxruntime-genai
-generator with that adapter, so concurrent requests never share adapter state. Errors are OpenAI-style JSON with the
-matching HTTP status; the OpenAPI document is at /openapi.json."""
+`model` in a request picks the adapter ("base" or an adapter's name). Requests go to one continuous-batching engine
+(batching.py): those in flight share each forward pass, every row with its own adapter. Errors are OpenAI-style JSON
+with the matching HTTP status (429 with Retry-After when the queue is full); /metrics is in the Prometheus text
+format; the OpenAPI document is at /openapi.json."""
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
-import threading
 import time
 import uuid
-from typing import Iterator, Literal
+from pathlib import Path
+from typing import AsyncIterator, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
-from edgewise.runtime.genai import Runtime, Sampling
+from edgewise.runtime.batching import Batcher, Finished, Job, QueueFull
+from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.metrics import Metrics
+from edgewise.runtime.sampling import Sampling
 
 BASE = "base"
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, code: str, param: str | None = None):
+    def __init__(self, status: int, message: str, code: str, param: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.code, self.param = status, code, param
+        self.status, self.code, self.param, self.headers = status, code, param, headers
 
 
 class Message(BaseModel):
@@ -60,14 +65,23 @@ class CompletionRequest(_Options):
 
 
 class Server:
-    """The loaded model, the served names and the limits every request is checked against."""
+    """The engine over the loaded model, the served names, and the limits every request is checked against."""
 
-    def __init__(self, runtime: Runtime, parallel: int = 4):
-        self.runtime = runtime
-        self.slots = threading.Semaphore(parallel)
+    def __init__(self, model_dir: str | Path, adapters: dict[str, str], max_batch: int = 16, max_queue: int = 64,
+                 timeout: float | None = None, max_context: int | None = None):
+        import onnxruntime_genai as og
+
+        config = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
+        self.tokenizer = og.Tokenizer(og.Config(str(model_dir)))
+        decoder = SlotDecoder(model_dir, adapters, max_batch, max_context)
+        eos = config["eos_token_id"]
+        self.names, self.context_length, self.timeout = list(adapters), decoder.context, timeout
+        self.metrics = Metrics()
+        self.batcher = Batcher(decoder, set(eos if isinstance(eos, list) else [eos]), max_queue, self.metrics)
+        self.metrics.watch(self.batcher)
 
     def models(self) -> list[str]:
-        return [BASE, *self.runtime.names]
+        return [BASE, *self.names]
 
     def adapter(self, model: str) -> str | None:
         if model not in self.models():
@@ -75,17 +89,41 @@ class Server:
                            "model_not_found", "model")
         return None if model == BASE else model
 
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        return list(self.tokenizer.encode(text))
+
     def sampling(self, body: _Options, prompt_len: int) -> Sampling:
-        context = self.runtime.context_length
+        context = self.context_length
         room = context - prompt_len
         if room < 1:
-            raise APIError(400, f"the prompt has {prompt_len} tokens; this model's context is {context}",
+            raise APIError(400, f"the prompt has {prompt_len} tokens; this server's context is {context}",
                            "context_length_exceeded", "messages" if isinstance(body, ChatRequest) else "prompt")
         return Sampling(min(body.max_tokens or room, room), body.temperature, body.top_p, seed=body.seed)
 
-    def pieces(self, ids: list[int], adapter: str | None, sampling: Sampling) -> Iterator[str]:
-        with self.slots:
-            yield from self.runtime.stream(ids, adapter, sampling)
+    def submit(self, ids: list[int], adapter: str | None, sampling: Sampling) -> Job:
+        """A job whose tokens arrive on an asyncio queue of the running event loop."""
+        loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
+        job = Job(ids, adapter, sampling, self.timeout, out=_LoopBridge(loop, tokens))
+        try:
+            return self.batcher.submit(job)
+        except QueueFull as exc:
+            self.metrics.rejected(adapter or BASE, "rejected")
+            raise APIError(429, f"the server is busy: {exc}; retry shortly", "rate_limit_exceeded",
+                           headers={"Retry-After": "1"}) from exc
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+class _LoopBridge:
+    """put() from the engine thread lands on an asyncio queue in its event loop."""
+
+    def __init__(self, loop, queue: asyncio.Queue):
+        self.loop, self.queue = loop, queue
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -98,32 +136,40 @@ def _held_back(text: str, stops: list[str]) -> int:
     return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
-def generate_text(server: Server, ids, adapter, sampling: Sampling,
-                  stops: list[str]) -> Iterator[tuple[str, str | None, int]]:
+async def generate_text(server: Server, job: Job, stops: list[str]) -> AsyncIterator[tuple[str, str | None, int]]:
     """(new text, finish reason or None, tokens so far) as tokens arrive; stop sequences are honoured across token
-    boundaries (text that may begin one is held back until it cannot)."""
+    boundaries (text that may begin one is held back until it cannot). Leaving early cancels the job: its slot is
+    free at the engine's next step."""
     text, sent, count = "", 0, 0
-    for piece in server.pieces(ids, adapter, sampling):
-        count += 1
-        text += piece
-        cut, stopped = _cut_at_stop(text, stops)
-        if stopped:
-            yield cut[sent:], "stop", count
-            return
-        safe = len(text) - _held_back(text, stops)
-        if safe > sent:
-            yield text[sent:safe], None, count
-            sent = safe
-    yield text[sent:], "length" if count >= sampling.max_new_tokens else "stop", count
+    stream = server.tokenizer.create_stream()
+    try:
+        while not isinstance(token := await job.out.queue.get(), Finished):
+            count += 1
+            text += stream.decode(token)
+            cut, stopped = _cut_at_stop(text, stops)
+            if stopped:
+                yield cut[sent:], "stop", count
+                return
+            safe = len(text) - _held_back(text, stops)
+            if safe > sent:
+                yield text[sent:safe], None, count
+                sent = safe
+        if token.reason == "timeout":
+            raise APIError(504, f"the request ran past this server's timeout of {server.timeout:g} s", "timeout")
+        if token.reason in ("error", "cancelled"):
+            raise APIError(500 if token.reason == "error" else 503, token.detail or token.reason, token.reason)
+        yield text[sent:], "length" if token.reason == "length" else "stop", count
+    finally:
+        job.cancel()
 
 
 def _prepare(server: Server, body: _Options):
     adapter = server.adapter(body.model)
     stops = body.stops()
     if isinstance(body, ChatRequest):
-        ids = server.runtime.prompt_ids([m.model_dump() for m in body.messages])
+        ids = server.prompt_ids([m.model_dump() for m in body.messages])
     else:
-        ids = list(server.runtime.tokenizer.encode(body.prompt))
+        ids = list(server.tokenizer.encode(body.prompt))
     if not ids:
         raise APIError(400, "the prompt is empty", "invalid_value", "prompt")
     return ids, adapter, server.sampling(body, len(ids)), stops
@@ -148,32 +194,40 @@ def _full(kind: str, rid: str, model: str, text: str, finish: str, usage: dict) 
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice], "usage": usage}
 
 
-async def _respond(server: Server, body: _Options, kind: str):
+async def _respond(server: Server, body: _Options, kind: str, request: Request):
     ids, adapter, sampling, stops = _prepare(server, body)
     rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    parts = generate_text(server, ids, adapter, sampling, stops)
+    job = server.submit(ids, adapter, sampling)
+    parts = generate_text(server, job, stops)
     if body.stream:
         return StreamingResponse(_sse(parts, kind, rid, body.model), media_type="text/event-stream")
-    chunks = await run_in_threadpool(list, parts)
+    chunks = []
+    try:
+        async for chunk in parts:
+            chunks.append(chunk)
+            if await request.is_disconnected():  # nobody to answer: free the slot now
+                return Response(status_code=499)
+    finally:
+        await parts.aclose()
     text, (_, finish, completion) = "".join(c[0] for c in chunks), chunks[-1]
     usage = {"prompt_tokens": len(ids), "completion_tokens": completion, "total_tokens": len(ids) + completion}
     return _full(kind, rid, body.model, text, finish, usage)
 
 
-async def _sse(parts: Iterator, kind: str, rid: str, model: str):
+async def _sse(parts: AsyncIterator, kind: str, rid: str, model: str):
     if kind == "chat":
         first = _chunk(kind, rid, model, "", None)
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
         yield f"data: {json.dumps(first)}\n\n"
-    done = object()
     try:
-        while (item := await run_in_threadpool(next, parts, done)) is not done:
-            text, finish, _ = item
+        async for text, finish, _ in parts:
             if text or finish:
                 yield f"data: {json.dumps(_chunk(kind, rid, model, text, finish))}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:  # a client that went away frees its generation slot at once
-        await run_in_threadpool(parts.close)
+    except APIError as exc:  # the status line is long gone: the error travels as an event, as OpenAI's does
+        yield f"data: {json.dumps(_error_body(exc.status, str(exc), exc.code, exc.param))}\n\n"
+    finally:  # a client that went away ends up here too: its slot is freed at once
+        await parts.aclose()
+    yield "data: [DONE]\n\n"
 
 
 def create_app(server: Server, api_key: str | None = None) -> FastAPI:
@@ -186,7 +240,7 @@ def create_app(server: Server, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(_request, exc: APIError):
-        return _error(exc.status, str(exc), exc.code, exc.param)
+        return _error(exc.status, str(exc), exc.code, exc.param, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_request, exc: RequestValidationError):
@@ -200,20 +254,30 @@ def create_app(server: Server, api_key: str | None = None) -> FastAPI:
                                            for m in server.models()]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat(body: ChatRequest):
-        return await _respond(server, body, "chat")
+    async def chat(body: ChatRequest, request: Request):
+        return await _respond(server, body, "chat", request)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(body: CompletionRequest):
-        return await _respond(server, body, "text")
+    async def completions(body: CompletionRequest, request: Request):
+        return await _respond(server, body, "text", request)
 
     @app.get("/health")
     async def health():
         return {"status": "ok"}
 
+    @app.get("/metrics", dependencies=[Depends(authorize)])
+    async def metrics():
+        return Response(server.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 
-def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
-    kind = "authentication_error" if status == 401 else "invalid_request_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+def _error_body(status: int, message: str, code: str, param: str | None = None) -> dict:
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+    if status >= 500:
+        kind = "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(status: int, message: str, code: str, param: str | None = None, headers: dict | None = None):
+    return JSONResponse(_error_body(status, message, code, param), status_code=status, headers=headers)

@@ -1,10 +1,12 @@
 """`edgewise serve`: an OpenAI-compatible HTTP server over one exported model and its adapters (uvicorn running
-runtime/openai_api.py, imported when the server starts so that the command line stays light)."""
+runtime/openai_api.py, imported when the server starts so that the command line stays light), with continuous
+batching: up to --max_batch requests share each forward pass, --max_queue more wait, the rest get 429."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 
+from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
 
 
@@ -14,7 +16,19 @@ class ServeConfig:
     port: int = field(default=8000, metadata={"help": "port to listen on"})
     api_key: str | None = field(default=None, metadata={
         "help": "require 'Authorization: Bearer KEY' (default: $EDGEWISE_API_KEY, else none)"})
-    parallel: int = field(default=4, metadata={"help": "generations run at once; more requests wait their turn"})
+    max_batch: int = field(default=16, metadata={
+        "help": "requests decoded together (each holds a KV-cache slot of --max_context tokens)"})
+    max_queue: int = field(default=64, metadata={
+        "help": "requests waiting for a slot; beyond this the server answers 429 with Retry-After"})
+    timeout: float = field(default=600.0, metadata={
+        "help": "seconds a request may take from arrival to its last token (then 504)"})
+    max_context: int = field(default=4096, metadata={
+        "help": "tokens per request, prompt and answer (at most the model's context)"})
+
+    def check(self) -> None:
+        for name in ("max_batch", "max_queue", "timeout", "max_context"):
+            if getattr(self, name) <= 0:
+                raise EdgewiseError(f"--{name} must be positive")
 
 
 def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig()) -> None:
@@ -27,12 +41,16 @@ def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig
     if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without --api_key (or $EDGEWISE_API_KEY): anyone who can reach this address "
                     "can use the model", config.host)
-    from edgewise.runtime.genai import Runtime
     from edgewise.runtime.openai_api import Server, create_app
 
-    server = Server(Runtime(model_dir, adapters), config.parallel)
-    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json)", model_dir, config.host, config.port)
+    config.check()
+    server = Server(model_dir, adapters, config.max_batch, config.max_queue, config.timeout, config.max_context)
+    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json, metrics: /metrics); %d slots of %d tokens",
+             model_dir, config.host, config.port, config.max_batch, server.context_length)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
     signal.signal(signal.SIGTERM, lambda *_: log.info("stopped (SIGTERM)"))
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=10)
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=10)
+    finally:
+        server.close()

@@ -1,0 +1,194 @@
+"""Continuous batching: requests in flight share the decoder's forward passes.
+
+One engine thread owns the SlotDecoder. Each turn it admits waiting requests into free slots (prefilling each prompt
+into its slot, which yields its first token), then runs one decode step for every running request at once, each row
+with its own adapter, position and sampler, and hands each request its next token. A request leaves the batch when
+it meets an end-of-sequence token, its token budget, its deadline or a cancellation (a client that went away), and
+its slot is free for the next turn. A request's tokens depend only on its own prompt, adapter and seed."""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgewise.core.errors import EdgewiseError
+from edgewise.core.log import log
+from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.sampling import Sampler, Sampling
+
+PREFILL_CHUNK = 512  # longer prompts are prefilled in pieces of this many tokens, decode steps in between
+
+
+class QueueFull(EdgewiseError):
+    """The server's queue of waiting requests is at its bound."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # stop | length | timeout | cancelled | error
+    detail: str = ""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: the engine puts its tokens (ints) and finally a Finished on `out` (anything with put(), called
+    from the engine thread: a queue.SimpleQueue, or a bridge into an event loop)."""
+
+    ids: list[int]
+    adapter: str | None
+    sampling: Sampling
+    timeout: float | None = None
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    submitted: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    # engine-side state
+    slot: int = -1
+    length: int = 0  # tokens in the slot's cache
+    prefilled: int = 0  # prompt tokens in the cache so far
+    produced: int = 0
+    last: int = 0
+    first_token_at: float | None = None
+    end: Finished | None = None
+    sampler: Sampler | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def expired(self, now: float) -> bool:
+        return self.timeout is not None and now - self.submitted > self.timeout
+
+    def results(self):
+        """The generated token ids as they come (`end` says why they stopped)."""
+        while not isinstance(item := self.out.get(), Finished):
+            yield item
+
+
+class Batcher:
+    """The engine thread and its queue; `submit` is called from any thread."""
+
+    def __init__(self, decoder: SlotDecoder, eos: set[int], max_queue: int = 64, metrics=None):
+        self.decoder, self.eos, self.max_queue, self.metrics = decoder, eos, max_queue, metrics
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.running: dict[int, Job] = {}
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="edgewise-batcher", daemon=True)
+        self.thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.running)
+
+    def submit(self, job: Job) -> Job:
+        if job.adapter is not None and job.adapter not in self.decoder.adapters:
+            raise EdgewiseError(f"unknown adapter '{job.adapter}'")
+        with self.cond:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting (the bound is {self.max_queue})")
+            self.waiting.append(job)
+            self.cond.notify()
+        return job
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.thread.join(timeout=30)
+
+    # --- the engine thread -----------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not (self.waiting or self.running or self.stopping):
+                    self.cond.wait()
+                if self.stopping:
+                    break
+                admitted = self._admit()
+            try:
+                self._turn(admitted)
+            except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, never the server
+                log.error("generation failed: %s", exc)
+                for job in list(self.running.values()):
+                    self._finish(job, Finished("error", str(exc)))
+        for job in [*self.waiting, *self.running.values()]:
+            self._finish(job, Finished("cancelled", "the server is shutting down"))
+
+    def _admit(self) -> list[Job]:
+        free = [s for s in range(self.decoder.slots) if s not in self.running]
+        admitted = []
+        now = time.monotonic()
+        while self.waiting and free:
+            job = self.waiting.popleft()
+            if job.cancelled or job.expired(now):
+                self._finish(job, Finished("cancelled" if job.cancelled else "timeout"))
+                continue
+            job.slot = free.pop(0)
+            self.running[job.slot] = job
+            admitted.append(job)
+        return admitted
+
+    def _turn(self, admitted: list[Job]) -> None:
+        now = time.monotonic()
+        for job in list(self.running.values()):
+            if job.cancelled or job.expired(now):
+                self._finish(job, Finished("cancelled" if job.cancelled else "timeout"))
+        for job in admitted:
+            if job.slot in self.running:
+                self.decoder.assign(job.slot, job.adapter)
+        for job in [j for j in self.running.values() if j.prefilled < len(j.ids)]:
+            self._prefill(job)
+        decoding = [j for j in self.running.values() if j.prefilled == len(j.ids)]
+        if decoding:
+            self._step(decoding)
+
+    def _prefill(self, job: Job) -> None:
+        """One chunk of the job's prompt; the last chunk gives its first token."""
+        start = job.prefilled
+        piece = job.ids[start:start + PREFILL_CHUNK]
+        logits = self.decoder.prefill(job.slot, piece, start)
+        job.prefilled = job.length = start + len(piece)
+        if job.prefilled == len(job.ids):
+            job.sampler = Sampler(job.sampling)
+            job.first_token_at = time.monotonic()
+            if self.metrics:
+                self.metrics.first_token(job)
+            self._emit(job, job.sampler(logits))
+
+    def _step(self, jobs: list[Job]) -> None:
+        rows = max(j.slot for j in jobs) + 1
+        tokens, lengths = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+        for job in jobs:
+            tokens[job.slot], lengths[job.slot] = job.last, job.length
+        logits = self.decoder.decode(tokens, lengths)
+        if self.metrics:
+            self.metrics.step(len(jobs), rows)
+        for job in jobs:
+            job.length += 1
+            self._emit(job, job.sampler(logits[job.slot]))
+
+    def _emit(self, job: Job, token: int) -> None:
+        if token in self.eos:
+            self._finish(job, Finished("stop"))
+            return
+        job.out.put(token)
+        job.produced += 1
+        job.last = token
+        if job.produced >= job.sampling.max_new_tokens or job.length >= self.decoder.context:
+            self._finish(job, Finished("length"))
+
+    def _finish(self, job: Job, end: Finished) -> None:
+        if self.running.get(job.slot) is job:
+            del self.running[job.slot]
+        job.end = end
+        job.out.put(end)
+        if self.metrics:
+            self.metrics.finished(job, end)

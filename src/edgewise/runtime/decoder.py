@@ -1,0 +1,208 @@
+"""An exported model's decoder run by onnxruntime itself, for serving many requests at once.
+
+One KV cache of `slots` rows is kept in place (past and present are bound to the same memory, the layout the model
+builder makes with past_present_share_buffer), one sequence per slot: a prompt is prefilled into its slot alone, and
+then the rows decode together, one token each per step, each at its own position. The graph's LoRA inputs
+(A [in, rank], B [rank, out]) are loaded here declared [rows, in, rank] and [rows, rank, out], which ONNX MatMul
+broadcasts, so every row of a batch multiplies its own adapter: adapters are zero-padded to the largest loaded rank
+(zero columns of A meet zero rows of B) and a row without an adapter holds zeros. The weights stay in the model's
+own external-data file; nothing is written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgewise.core.errors import EdgewiseError
+from edgewise.models.checks import check_adapter, lora_inputs
+from edgewise.models.targets import target_of
+
+_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
+_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+          onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+
+
+class _Rows:
+    """A [slots, ...] buffer on the session's device, bound to the session one row range at a time."""
+
+    def __init__(self, shape: tuple, dtype, device: str):
+        import onnxruntime as ort
+
+        self.host = np.zeros(shape, dtype)  # on the CPU this is the buffer (zero pages are only committed when used)
+        self.value = None if device == "cpu" else ort.OrtValue.ortvalue_from_numpy(self.host, device, 0)
+        self.row_bytes = self.host[0].nbytes
+        self.dirty = False
+
+    def sync(self) -> None:
+        """Bring the device copy up to date with the host rows (changed when a slot took another adapter)."""
+        if self.value is not None and self.dirty:
+            self.value.update_inplace(self.host)
+        self.dirty = False
+
+    def ptr(self, first: int) -> int:
+        base = self.host.ctypes.data if self.value is None else self.value.data_ptr()
+        return base + first * self.row_bytes
+
+
+def _batch_major(graph) -> None:
+    """LoRA inputs (and their empty defaults) get a leading row dimension."""
+    for value in graph.input:
+        if value.name.endswith((".lora_A", ".lora_B")):
+            value.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_param="lora_rows"))
+    for init in graph.initializer:
+        if init.name.endswith((".lora_A", ".lora_B")):
+            init.dims.insert(0, 1)
+
+
+def _types(graph) -> dict[str, np.dtype]:
+    return {v.name: _NUMPY.get(v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)}
+
+
+class SlotDecoder:
+    """prefill(slot, ids) and decode(tokens, lengths) over a fixed number of sequence slots, adapters per slot."""
+
+    def __init__(self, model_dir: str | Path, adapters: dict[str, str | Path], slots: int,
+                 context: int | None = None):
+        self.model_dir = model_dir = Path(model_dir)
+        config = json.loads((model_dir / "genai_config.json").read_text())
+        decoder = config["model"]["decoder"]
+        self.layers, self.kv_heads, self.head_size = (decoder[k] for k in (
+            "num_hidden_layers", "num_key_value_heads", "head_size"))
+        self.context = min(context or config["model"]["context_length"], config["model"]["context_length"])
+        self.slots = slots
+        self.device = "cuda" if target_of(config).device == "cuda" else "cpu"
+        self.names = decoder["inputs"] | decoder["outputs"]
+        graph_model = onnx.load(model_dir / decoder["filename"], load_external_data=False)
+        self.types = _types(graph_model.graph)
+        self.lora = lora_inputs(graph_model.graph)
+        self.adapters = {name: self._read_adapter(Path(path)) for name, path in adapters.items()}
+        _batch_major(graph_model.graph)
+        self.session = self._session(graph_model, decoder.get("session_options", {}))
+        kv_shape = (slots, self.kv_heads, self.context, self.head_size)
+        kv_type = self.types[self.names["past_key_names"] % 0]
+        self.kv = [[_Rows(kv_shape, kv_type, self.device) for _ in range(2)] for _ in range(self.layers)]
+        self.lora_rows = self._lora_buffers()
+        self.slot_adapter: list[str | None] = [None] * slots
+        self.vocab = int(config["model"]["vocab_size"])
+        self.logits = np.zeros((slots, 1, self.vocab), self.types[self.names["logits"]])
+        self._bindings: dict = {}
+
+    # --- loading ---------------------------------------------------------------------------------------------------
+
+    def _read_adapter(self, path: Path) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise EdgewiseError(f"adapter file not found: {path}")
+        check_adapter(path, self.lora)
+        adapter = ort.AdapterFormat.read_adapter(str(path))  # its parameters alias its memory: copy while it lives
+        return {name: np.array(value.numpy()) for name, value in adapter.get_parameters().items()}
+
+    def _session(self, graph_model, options: dict):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if options.get("intra_op_num_threads"):
+            so.intra_op_num_threads = int(options["intra_op_num_threads"])
+        so.add_session_config_entry(_EXTERNAL_FOLDER, str(self.model_dir))
+        if self.device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EdgewiseError(f"{self.model_dir} is built for CUDAExecutionProvider, which this machine's "
+                                    "onnxruntime cannot run; it runs with onnxruntime-gpu")
+            providers = [("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            return ort.InferenceSession(graph_model.SerializeToString(), so, providers=providers)
+        except Exception as exc:  # onnxruntime's text names the damaged file or node
+            raise EdgewiseError(f"cannot load the model in {self.model_dir}: {str(exc).splitlines()[0]}") from exc
+
+    def _lora_buffers(self) -> dict[str, _Rows]:
+        if not self.adapters:
+            return {}
+        rank = max(t.shape[1] for a in self.adapters.values() for n, t in a.items() if n.endswith(".lora_A"))
+        buffers = {}
+        for name, (dtype, dims) in self.lora.items():
+            shape = (self.slots, dims[0], rank) if name.endswith(".lora_A") else (self.slots, rank, dims[1])
+            buffers[name] = _Rows(shape, np.float16 if dtype == "float16" else np.float32, self.device)
+        return buffers
+
+    # --- slots -----------------------------------------------------------------------------------------------------
+
+    def assign(self, slot: int, adapter: str | None) -> None:
+        """The slot's rows of every LoRA input take this adapter's weights (zeros where it has none)."""
+        if adapter is not None and adapter not in self.adapters:
+            raise EdgewiseError(f"unknown adapter '{adapter}' (loaded: {', '.join(self.adapters) or 'none'})")
+        if self.slot_adapter[slot] == adapter:
+            return
+        weights = self.adapters.get(adapter, {})
+        for name, rows in self.lora_rows.items():
+            row = rows.host[slot]
+            row[...] = 0
+            if name in weights:
+                w = weights[name]
+                row[:w.shape[0], :w.shape[1]] = w
+            rows.dirty = True
+        self.slot_adapter[slot] = adapter
+
+    def prefill(self, slot: int, ids: list[int], start: int = 0) -> np.ndarray:
+        """Run `ids` into the slot's cache after its first `start` tokens; the logits of the last one [vocab]."""
+        n = len(ids)
+        if start + n > self.context:
+            raise EdgewiseError(f"{start + n} tokens do not fit this server's context of {self.context}")
+        io = self.session.io_binding()
+        self._bind_state(io, slot, 1)
+        io.bind_output(self.names["logits"], "cpu")
+        self._run(io, np.array([ids]), np.ones((1, start + n)), np.arange(start, start + n)[None],
+                  self.slot_adapter[slot] is not None)
+        return io.get_outputs()[-1].numpy()[0, -1]
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One step for slots 0..len(tokens)-1: token r goes in at position lengths[r]; logits [rows, vocab]."""
+        rows = len(tokens)
+        with_lora = any(self.slot_adapter[:rows]) and bool(self.lora_rows)
+        io = self._bindings.get((rows, with_lora))
+        if io is None:
+            io = self._bindings[(rows, with_lora)] = self.session.io_binding()
+            self._bind_state(io, 0, rows, with_lora)
+            io.bind_output(self.names["logits"], "cpu", 0, self.logits.dtype, [rows, 1, self.vocab],
+                           self.logits.ctypes.data)
+        mask = np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]
+        self._run(io, tokens[:, None], mask, lengths[:, None], with_lora)
+        return self.logits[:rows, 0]
+
+    # --- binding ---------------------------------------------------------------------------------------------------
+
+    def _bind_state(self, io, first: int, rows: int, with_lora: bool | None = None) -> None:
+        shape = [rows, self.kv_heads, self.context, self.head_size]
+        for layer, pair in enumerate(self.kv):
+            for kind, buffer in zip(("key", "value"), pair):
+                ptr = buffer.ptr(first)
+                past, present = self.names[f"past_{kind}_names"] % layer, self.names[f"present_{kind}_names"] % layer
+                io.bind_input(past, self.device, 0, buffer.host.dtype, shape, ptr)
+                io.bind_output(present, self.device, 0, buffer.host.dtype, shape, ptr)
+        if with_lora is None:
+            with_lora = self.slot_adapter[first] is not None
+        if with_lora:
+            self._bind_lora(io, first, rows)
+
+    def _bind_lora(self, io, first: int, rows: int) -> None:
+        for name, buffer in self.lora_rows.items():
+            io.bind_input(name, self.device, 0, buffer.host.dtype, [rows, *buffer.host.shape[1:]], buffer.ptr(first))
+
+    def _run(self, io, ids, mask, positions, with_lora: bool) -> None:
+        """Bind this step's inputs (kept referenced until the run returns: the binding aliases them) and run."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        arrays = []
+        for key, array in feeds.items():
+            name = self.names.get(key)
+            if name:
+                arrays.append(np.ascontiguousarray(array, self.types[name]))
+                io.bind_cpu_input(name, arrays[-1])
+        if with_lora:
+            for buffer in self.lora_rows.values():
+                buffer.sync()
+        self.session.run_with_iobinding(io)
