@@ -45,3 +45,38 @@ def test_lab_chain_on_the_default_model(tmp_path):
     shown = json.loads(edgewise("registry", "show", "ft-for-travel", "--json", env=env).stdout)
     assert [step["pass"] for step in shown["lineage"]] == ["quantize", "finetune", "export"]
     assert shown["source"] == "SmolLM2-135M-Instruct (embedded)"
+    _serve_with_limits(model, adapter)
+
+
+def _serve_with_limits(model, adapter):
+    """One slot and a queue of one on the real model: a third request gets 429 with Retry-After; a streaming client
+    that goes away frees its slot at once, so the waiting request runs; /metrics counts each outcome."""
+    import signal
+    import urllib.request
+
+    import openai
+    from test_serve import _client, _start
+
+    proc, url = _start(model, {"travel": adapter}, "--max_batch", "1", "--max_queue", "1")
+    try:
+        client = _client(url)
+        chat = dict(messages=[{"role": "user", "content": "Tell me a long story about Paris."}], temperature=0)
+        first = iter(client.chat.completions.create(model="base", max_tokens=1500, stream=True, **chat))
+        for _ in range(3):
+            next(first)  # running: its slot is taken
+        second = client.chat.completions.create(model="travel", max_tokens=5, stream=True, **chat)  # queued
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model="base", max_tokens=5, **chat)
+        assert info.value.response.headers["retry-after"] == "1"
+        assert info.value.body["code"] == "rate_limit_exceeded"
+        first.close()  # the client goes away mid-stream
+        chunks = list(second)
+        assert chunks[-1].choices[0].finish_reason == "length"
+        metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
+        for line in ('edgewise_requests_total{model="base",outcome="rejected"} 1.0',
+                     'edgewise_requests_total{model="base",outcome="cancelled"} 1.0',
+                     'edgewise_requests_total{model="travel",outcome="length"} 1.0', "edgewise_queue_depth 0.0"):
+            assert line in metrics.splitlines(), metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -138,6 +138,30 @@ def test_bad_requests_get_openai_errors(server):
     assert {"/v1/models", "/v1/chat/completions", "/v1/completions"} <= set(spec["paths"])
 
 
+def test_metrics_count_requests_tokens_and_the_batch(server):
+    client = _client(server)
+    for model in ("base", "one", "two"):
+        _ask(client, model, QUESTIONS[0])
+    with urllib.request.urlopen(f"{server}/metrics") as response:
+        assert response.headers["content-type"].startswith("text/plain; version=")  # the Prometheus text format
+        lines = response.read().decode().splitlines()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if not line.startswith("#")}
+    served = {m: sum(v for k, v in values.items() if k.startswith(f'edgewise_requests_total{{model="{m}"'))
+              for m in ("base", "one", "two")}
+    assert all(n >= 1 for n in served.values()), served
+    assert values["edgewise_completion_tokens_total"] >= 3 and values["edgewise_prompt_tokens_total"] > 0
+    assert values["edgewise_queue_depth"] == 0 and values["edgewise_batch_size"] == 0
+    assert values["edgewise_request_latency_seconds_count"] == sum(
+        v for k, v in values.items() if k.startswith("edgewise_requests_total") and ('"stop"' in k or '"length"' in k))
+    assert values["edgewise_decode_step_requests_count"] > 0
+
+
+def test_server_limits_are_checked_before_loading(model_dir):
+    done = subprocess.run([sys.executable, "-m", "edgewise", "serve", str(model_dir[0]), "--max_batch", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].endswith("--max_batch must be positive")
+
+
 def test_api_key_is_required_when_set(model_dir):
     proc, url = _start(*model_dir, "--api_key", "s3cret")
     try:

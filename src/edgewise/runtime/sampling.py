@@ -33,6 +33,6 @@ class Sampler:
         z = logits[top].astype(np.float64) / s.temperature
         p = np.exp(z - z.max())
         p /= p.sum()
-        keep = int(np.searchsorted(np.cumsum(p), s.top_p) + 1)  # the token that crosses top_p stays in
+        keep = min(int(np.searchsorted(np.cumsum(p), s.top_p)) + 1, k)  # the token that crosses top_p stays in
         p = p[:keep] / p[:keep].sum()
         return int(top[self.rng.choice(keep, p=p)])

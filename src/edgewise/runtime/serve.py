@@ -22,8 +22,9 @@ class ServeConfig:
         "help": "requests waiting for a slot; beyond this the server answers 429 with Retry-After"})
     timeout: float = field(default=600.0, metadata={
         "help": "seconds a request may take from arrival to its last token (then 504)"})
-    max_context: int = field(default=4096, metadata={
-        "help": "tokens per request, prompt and answer (at most the model's context)"})
+    max_context: int = field(default=2048, metadata={
+        "help": "tokens per request, prompt and answer (at most the model's context); the KV cache holds "
+                "max_batch x max_context tokens"})
 
     def check(self) -> None:
         for name in ("max_batch", "max_queue", "timeout", "max_context"):
@@ -45,8 +46,9 @@ def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig
 
     config.check()
     server = Server(model_dir, adapters, config.max_batch, config.max_queue, config.timeout, config.max_context)
-    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json, metrics: /metrics); %d slots of %d tokens",
-             model_dir, config.host, config.port, config.max_batch, server.context_length)
+    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json, metrics: /metrics); %d slots of %d tokens, "
+             "cache %.2f GiB", model_dir, config.host, config.port, config.max_batch, server.context_length,
+             server.batcher.decoder.cache_bytes / 2**30)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
     signal.signal(signal.SIGTERM, lambda *_: log.info("stopped (SIGTERM)"))

@@ -1,0 +1,148 @@
+"""The serving engine on the tiny Llama export: rows of one batch, each with its own adapter (ranks 4 and 8, zero-
+padded) or none, decode exactly as if each ran alone and as onnxruntime-genai runs them; the engine thread admits,
+queues, rejects, cancels and times out requests; sampling is seeded per request."""
+import json
+import time
+
+import numpy as np
+import pytest
+from conftest import RECORDS
+
+from edgewise.core.errors import EdgewiseError
+from edgewise.models.onnx_lora import LAYOUT, write_adapter
+from edgewise.runtime.batching import Batcher, Job, QueueFull
+from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.genai import Runtime
+from edgewise.runtime.sampling import Sampler, Sampling
+
+N = 10
+
+
+@pytest.fixture(scope="module")
+def served(tiny_onnx, tmp_path_factory):
+    """The export's adapters plus 'wide', a random rank-8 adapter (the others are rank 4)."""
+    layout = json.loads((tiny_onnx.model / LAYOUT).read_text())
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for prefix, entry in layout.items():
+        tensors[f"{prefix}.lora_A"] = rng.normal(0, 0.5, (entry["in"], 8)).astype(np.float32)
+        tensors[f"{prefix}.lora_B"] = rng.normal(0, 0.5, (8, entry["out"])).astype(np.float32)
+    wide = write_adapter(tensors, tmp_path_factory.mktemp("wide") / "wide.onnx_adapter")
+    return tiny_onnx.model, {**tiny_onnx.adapters, "wide": wide}
+
+
+@pytest.fixture(scope="module")
+def runtime(served):
+    return Runtime(*served)
+
+
+def _prompts(runtime):
+    return [runtime.prompt_ids([{"role": "user", "content": r["prompt"]}]) for r in RECORDS[:4]]
+
+
+def _genai(runtime, ids, adapter):
+    return [t for t, _ in runtime.stream_tokens(ids, adapter, Sampling(max_new_tokens=N))]
+
+
+def _greedy_alone(decoder, ids, adapter):
+    decoder.assign(0, adapter)
+    out, length = [int(decoder.prefill(0, ids).argmax())], len(ids)
+    while len(out) < N:
+        out.append(int(decoder.decode(np.array([out[-1]]), np.array([length]))[0].argmax()))
+        length += 1
+    return out
+
+
+def test_rows_with_different_adapters_decode_as_if_alone(served, runtime):
+    decoder = SlotDecoder(*served, slots=6, context=128)
+    prompts = _prompts(runtime)
+    cases = [(prompts[i % 4], adapter) for i, adapter in enumerate([None, "one", "two", "wide", "one", None])]
+    alone = [_greedy_alone(decoder, ids, adapter) for ids, adapter in cases]
+    for (ids, adapter), tokens in zip(cases, alone):
+        reference = _genai(runtime, ids, adapter)
+        assert tokens[:len(reference)] == reference  # the runtime stops at end-of-sequence; the decoder runs on
+    assert len({tuple(t) for t in alone[:4]}) == 4  # the adapters really differ
+    outs, lengths = [], []
+    for slot, (ids, adapter) in enumerate(cases):
+        decoder.assign(slot, adapter)
+        outs.append([int(decoder.prefill(slot, ids).argmax())])
+        lengths.append(len(ids))
+    for _ in range(N - 1):
+        logits = decoder.decode(np.array([o[-1] for o in outs]), np.array(lengths))
+        for slot, out in enumerate(outs):
+            out.append(int(logits[slot].argmax()))
+            lengths[slot] += 1
+    assert outs == alone
+
+
+def test_an_unknown_adapter_and_a_mismatched_one_are_refused(served, tmp_path):
+    model, adapters = served
+    decoder = SlotDecoder(model, {"one": adapters["one"]}, slots=1, context=64)
+    with pytest.raises(EdgewiseError, match="unknown adapter 'nope'"):
+        decoder.assign(0, "nope")
+    layout = json.loads((model / LAYOUT).read_text())
+    prefix, entry = next(iter(layout.items()))
+    bad = write_adapter({f"{prefix}.lora_A": np.zeros((entry["in"] + 1, 4), np.float32)}, tmp_path / "bad.onnx_adapter")
+    with pytest.raises(EdgewiseError, match="lora_A is float"):
+        SlotDecoder(model, {"bad": bad}, slots=1, context=64)
+
+
+def _engine(served, slots=2, max_queue=8):
+    decoder = SlotDecoder(*served, slots=slots, context=128)
+    return Batcher(decoder, eos=set(), max_queue=max_queue)
+
+
+def _wait(predicate, seconds=30):
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline
+        time.sleep(0.005)
+
+
+def test_the_engine_batches_requests_and_each_gets_its_own_answer(served, runtime):
+    decoder_alone = SlotDecoder(*served, slots=1, context=128)
+    prompts = _prompts(runtime)
+    cases = [(prompts[i % 4], (None, "one", "two", "wide")[i % 4 if i < 4 else (i * 3) % 4]) for i in range(9)]
+    engine = _engine(served, slots=3, max_queue=16)
+    try:
+        jobs = [engine.submit(Job(ids, adapter, Sampling(max_new_tokens=N))) for ids, adapter in cases]
+        answers = [list(job.results()) for job in jobs]
+    finally:
+        engine.close()
+    assert answers == [_greedy_alone(decoder_alone, ids, adapter) for ids, adapter in cases]
+    assert all(job.end.reason == "length" for job in jobs)
+
+
+def test_queue_bound_cancellation_and_timeout(served, runtime):
+    ids = _prompts(runtime)[0]
+    engine = _engine(served, slots=1, max_queue=1)
+    try:
+        long = engine.submit(Job(ids, "one", Sampling(max_new_tokens=100)))
+        _wait(lambda: engine.batch_size == 1)
+        waiting = engine.submit(Job(ids, None, Sampling(max_new_tokens=3)))
+        with pytest.raises(QueueFull, match="bound is 1"):
+            engine.submit(Job(ids, None, Sampling(max_new_tokens=3)))
+        long.cancel()  # the slot frees at the next step and the waiting job runs
+        assert len(list(waiting.results())) == 3 and waiting.end.reason == "length"
+        assert long.end.reason == "cancelled" and long.produced < 100
+        late = engine.submit(Job(ids, None, Sampling(max_new_tokens=100), timeout=0.0))
+        list(late.results())
+        assert late.end.reason == "timeout"
+        with pytest.raises(EdgewiseError, match="unknown adapter"):
+            engine.submit(Job(ids, "nope", Sampling()))
+    finally:
+        engine.close()
+
+
+def test_sampling_is_seeded_per_request_and_greedy_at_the_limits():
+    logits = np.random.default_rng(1).normal(size=500).astype(np.float32)
+
+    def draws(n=20, **options):
+        sampler = Sampler(Sampling(temperature=1.0, **options))
+        return [sampler(logits) for _ in range(n)]
+
+    assert draws(seed=3) == draws(seed=3) != draws(seed=4)
+    assert draws(1, top_k=1) == [int(logits.argmax())] == draws(1, top_p=1e-9)
+    assert Sampler(Sampling(temperature=0))(logits) == int(logits.argmax())
+    top5 = set(draws(200, top_k=5, seed=0))
+    assert top5 <= set(np.argsort(-logits)[:5].tolist()) and len(top5) > 1
