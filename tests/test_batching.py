@@ -146,3 +146,27 @@ def test_sampling_is_seeded_per_request_and_greedy_at_the_limits():
     assert Sampler(Sampling(temperature=0))(logits) == int(logits.argmax())
     top5 = set(draws(200, top_k=5, seed=0))
     assert top5 <= set(np.argsort(-logits)[:5].tolist()) and len(top5) > 1
+
+
+def test_a_shared_prefix_is_computed_once_per_adapter_and_changes_nothing(served, runtime):
+    prompts = _prompts(runtime)
+    n = next(i for i, (x, y) in enumerate(zip(prompts[0], prompts[1])) if x != y)
+    assert n > 4  # the chat template's head
+    cases = [(prompts[i % 4], (None, "one", "wide")[i % 3]) for i in range(6)]
+
+    def answers(engine, order):
+        try:
+            return {i: list(engine.submit(Job(*cases[i], Sampling(max_new_tokens=N))).results()) for i in order}
+        finally:
+            engine.close()
+
+    warm = _engine(served, slots=2)
+    warm.prefix = prompts[0][:n]
+    got = answers(warm, range(6))
+    assert set(warm.saved_prefix) == {None, "one", "wide"}
+    for i in range(6):  # each request alone on a cold engine: the prefix computed for it, not copied
+        cold = _engine(served, slots=1)
+        cold.prefix = prompts[0][:n]
+        assert answers(cold, [i]) == {i: got[i]}
+    plain = answers(_engine(served, slots=2), [0])  # no prefix split at all: a base request is the same too
+    assert plain[0] == got[0]

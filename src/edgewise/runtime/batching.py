@@ -4,7 +4,12 @@ One engine thread owns the SlotDecoder. Each turn it admits waiting requests int
 into its slot, which yields its first token), then runs one decode step for every running request at once, each row
 with its own adapter, position and sampler, and hands each request its next token. A request leaves the batch when
 it meets an end-of-sequence token, its token budget, its deadline or a cancellation (a client that went away), and
-its slot is free for the next turn. A request's tokens depend only on its own prompt, adapter and seed."""
+its slot is free for the next turn. A request's tokens depend only on its own prompt, adapter and seed.
+
+Prompts that begin with the server's shared prefix (the chat template's head: its system turn and the user turn's
+opening) are always prefilled in two parts, that prefix and the rest; the prefix's cache, per adapter, is computed
+once and copied into each newcomer's slot. Because the split never depends on what ran before, a request computes
+exactly the same numbers whether the prefix was cached or not."""
 from __future__ import annotations
 
 import collections
@@ -70,8 +75,11 @@ class Job:
 class Batcher:
     """The engine thread and its queue; `submit` is called from any thread."""
 
-    def __init__(self, decoder: SlotDecoder, eos: set[int], max_queue: int = 64, metrics=None):
+    def __init__(self, decoder: SlotDecoder, eos: set[int], max_queue: int = 64, metrics=None,
+                 prefix: list[int] | None = None):
         self.decoder, self.eos, self.max_queue, self.metrics = decoder, eos, max_queue, metrics
+        self.prefix = list(prefix or [])
+        self.saved_prefix: dict[str | None, list] = {}  # adapter -> the prefix's cache
         self.waiting: collections.deque[Job] = collections.deque()
         self.running: dict[int, Job] = {}
         self.cond = threading.Condition()
@@ -151,7 +159,17 @@ class Batcher:
             self._step(decoding)
 
     def _prefill(self, job: Job) -> None:
-        """One chunk of the job's prompt; the last chunk gives its first token."""
+        """One chunk of the job's prompt (the shared prefix first); the last chunk gives its first token."""
+        n = len(self.prefix)
+        if job.prefilled == 0 and 0 < n < len(job.ids) and job.ids[:n] == self.prefix:
+            saved = self.saved_prefix.get(job.adapter)
+            if saved is not None:
+                job.prefilled = job.length = self.decoder.load(job.slot, saved)
+            else:
+                self.decoder.prefill(job.slot, self.prefix)
+                job.prefilled = job.length = n
+                self.saved_prefix[job.adapter] = self.decoder.save(job.slot, n)
+                return
         start = job.prefilled
         piece = job.ids[start:start + PREFILL_CHUNK]
         logits = self.decoder.prefill(job.slot, piece, start)

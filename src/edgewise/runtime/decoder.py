@@ -190,6 +190,19 @@ class SlotDecoder:
                   self.slot_adapter[slot] is not None)
         return io.get_outputs()[-1].numpy()[0, -1]  # [1, 1, vocab]: the head sees the last position only
 
+    def save(self, slot: int, n: int) -> list | None:
+        """A copy of the slot's cache for its first n tokens (None where the cache lives on a device)."""
+        if self.device != "cpu":
+            return None
+        return [[b.host[slot, :, :n].copy() for b in pair] for pair in self.kv]
+
+    def load(self, slot: int, saved: list) -> int:
+        """Put a saved cache prefix back into a slot; the number of tokens it holds."""
+        for pair, copies in zip(self.kv, saved):
+            for buffer, copy in zip(pair, copies):
+                buffer.host[slot, :, :copy.shape[1]] = copy
+        return saved[0][0].shape[1]
+
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One step for slots 0..len(tokens)-1: token r goes in at position lengths[r]; logits [rows, vocab]."""
         rows = len(tokens)

@@ -77,7 +77,8 @@ class Server:
         eos = config["eos_token_id"]
         self.names, self.context_length, self.timeout = list(adapters), decoder.context, timeout
         self.metrics = Metrics()
-        self.batcher = Batcher(decoder, set(eos if isinstance(eos, list) else [eos]), max_queue, self.metrics)
+        self.batcher = Batcher(decoder, set(eos if isinstance(eos, list) else [eos]), max_queue, self.metrics,
+                               prefix=self.template_prefix())
         self.metrics.watch(self.batcher)
 
     def models(self) -> list[str]:
@@ -92,6 +93,16 @@ class Server:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
         return list(self.tokenizer.encode(text))
+
+    def template_prefix(self) -> list[int]:
+        """The tokens every chat prompt starts with: the template's head (its default system turn, the user turn's
+        opening), found as what two different one-message chats share."""
+        try:
+            one, two = (self.prompt_ids([{"role": "user", "content": text}]) for text in ("a", "b"))
+        except Exception:  # noqa: BLE001 - a model without a chat template: no shared prefix
+            return []
+        n = next((i for i, (x, y) in enumerate(zip(one, two)) if x != y), min(len(one), len(two)))
+        return one[:n]
 
     def sampling(self, body: _Options, prompt_len: int) -> Sampling:
         context = self.context_length
