@@ -91,6 +91,29 @@ def switching_tokens(runtime, ids) -> list[list[int]]:
     return [list(runtime.stream_tokens(ids, name, Sampling(16))) for name in ("tuned", None, "tuned")]
 
 
+def engine_speed(decoder, adapter, ids, rows: int = 1):
+    """The serving engine (runtime/decoder.py, CUDA graphs): TTFT of one prompt and decode tok/s over `rows` slots,
+    every other slot on the adapter when rows > 1 (aggregate tokens per second)."""
+    import time
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    ttfts = []
+    for slot in range(rows):
+        decoder.assign(slot, adapter if rows == 1 or slot % 2 else None)
+        start = time.perf_counter()
+        first = int(decoder.prefill(slot, ids).argmax())
+        ttfts.append((time.perf_counter() - start) * 1000)
+    tokens, lengths = np.full(rows, first), np.full(rows, len(ids))
+    tick = time.perf_counter()
+    for _ in range(GEN - 1):
+        tokens = decoder.decode(tokens, lengths).argmax(axis=-1)
+        lengths += 1
+    rate = rows * (GEN - 1) / (time.perf_counter() - tick)
+    return SimpleNamespace(ttft_ms=ttfts[0], decode_tok_s=rate, as_dict=lambda: {"ttft_ms": ttfts[0], "tok_s": rate})
+
+
 def measure(work: Path, rounds: int) -> None:
     from edgewise.models.onnx_lora import ADAPTER_FILE
     from edgewise.runtime.benchmark import measure as speed_of
@@ -114,10 +137,21 @@ def measure(work: Path, rounds: int) -> None:
                   ("edgewise, CUDA graph on, adapter on", graph, "tuned")]
     except Exception as exc:  # report what the runtime says and measure the rest
         print(f"CUDA graph: not measured: {str(exc).splitlines()[0]}", flush=True)
+    from edgewise.runtime.decoder import SlotDecoder
+
+    served = SlotDecoder(models["lora"], adapter, slots=16, context=PROMPT + GEN + 8)
+    print(f"serving engine: CUDA graphs {'on' if served.graphs else 'off'}", flush=True)
+    ids = list(range(300, 300 + PROMPT))
+    engine_cases = [("edgewise serve engine, adapter off", 1, None), ("edgewise serve engine, adapter on", 1, "tuned"),
+                    ("edgewise serve engine, 16 requests, half on the adapter (aggregate)", 16, "tuned")]
+    cases += [(label, None, (rows, name)) for label, rows, name in engine_cases]
     results = {label: [] for label, _, _ in cases}
     for r in range(rounds + 1):  # round 0 warms the GPU clocks and is not counted
         for label, runtime, name in cases:
-            speed = speed_of(runtime, name, PROMPT, GEN, runs=1, warmup=1 if r == 0 else 0)
+            if runtime is None:
+                speed = engine_speed(served, name[1], ids, name[0])
+            else:
+                speed = speed_of(runtime, name, PROMPT, GEN, runs=1, warmup=1 if r == 0 else 0)
             if r:
                 results[label].append(speed)
             print(f"round {r}: {label}: {speed.decode_tok_s:.1f} tok/s", file=sys.stderr, flush=True)
@@ -129,9 +163,12 @@ def measure(work: Path, rounds: int) -> None:
     labels = list(med)
     print(f"\nadapter off / plain builder: {med[labels[1]][1] / med[labels[0]][1]:.3f}x (target >= 0.95x)")
     print(f"adapter on / adapter off: {med[labels[2]][1] / med[labels[1]][1]:.3f}x (target >= 0.9x)")
-    if len(labels) > 4:
+    if len(labels) > 7:
         print(f"CUDA graph: adapter off / plain builder (defaults): {med[labels[5]][1] / med[labels[0]][1]:.3f}x; "
               f"adapter on / off: {med[labels[6]][1] / med[labels[5]][1]:.3f}x")
+    off, on = med["edgewise serve engine, adapter off"][1], med["edgewise serve engine, adapter on"][1]
+    print(f"serve engine: adapter off / plain builder: {off / med[labels[0]][1]:.3f}x; adapter on / off: "
+          f"{on / off:.3f}x")
     print(json.dumps({label: [s.as_dict() for s in runs] for label, runs in results.items()}), file=sys.stderr)
 
 

@@ -138,12 +138,13 @@ def test_sampling_is_seeded_per_request_and_greedy_at_the_limits():
     logits = np.random.default_rng(1).normal(size=500).astype(np.float32)
 
     def draws(n=20, **options):
-        sampler = Sampler(Sampling(temperature=1.0, **options))
+        sampler = Sampler(Sampling(**{"temperature": 1.0, **options}))
         return [sampler(logits) for _ in range(n)]
 
     assert draws(seed=3) == draws(seed=3) != draws(seed=4)
     assert draws(1, top_k=1) == [int(logits.argmax())] == draws(1, top_p=1e-9)
     assert Sampler(Sampling(temperature=0))(logits) == int(logits.argmax())
+    assert draws(3, temperature=5e-324) == [int(logits.argmax())] * 3  # a denormal temperature is greedy, not NaN
     top5 = set(draws(200, top_k=5, seed=0))
     assert top5 <= set(np.argsort(-logits)[:5].tolist()) and len(top5) > 1
 
@@ -170,3 +171,46 @@ def test_a_shared_prefix_is_computed_once_per_adapter_and_changes_nothing(served
         assert answers(cold, [i]) == {i: got[i]}
     plain = answers(_engine(served, slots=2), [0])  # no prefix split at all: a base request is the same too
     assert plain[0] == got[0]
+
+
+def _longrope_graph():
+    """The builder's LongRoPE choice in miniature: If(total length > 4) picks the long or the short cache."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name, value):
+        const = helper.make_node("Constant", [], [f"{name}_cache"], value=numpy_helper.from_array(
+            np.full((2, 3), value, np.float32)))
+        return helper.make_graph([const], name, [], [helper.make_tensor_value_info(f"{name}_cache", TensorProto.FLOAT,
+                                                                                    [2, 3])])
+    nodes = [helper.make_node("Shape", ["mask"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["length"], axis=0),
+             helper.make_node("Greater", ["length", "limit"], ["long"]),
+             helper.make_node("If", ["long"], ["cache"], then_branch=branch("large", 2.0),
+                              else_branch=branch("small", 1.0), name="/model/rope_caches_subgraph/If"),
+             helper.make_node("Add", ["cache", "x"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "rope", [helper.make_tensor_value_info("mask", TensorProto.INT64, [1, "n"]),
+                        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array(4, np.int64), "limit")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_the_short_rope_branch_is_inlined_only_when_the_context_stays_short():
+    import onnxruntime as ort
+
+    from edgewise.runtime.decoder import _short_rope_only
+
+    def run(model, n):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"mask": np.ones((1, n), np.int64), "x": np.zeros((2, 3), np.float32)})[0]
+
+    long_context = _longrope_graph()
+    assert not _short_rope_only(long_context.graph, context=5)  # past the short range: the If must stay
+    assert [n.op_type for n in long_context.graph.node].count("If") == 1
+    short = _longrope_graph()
+    assert _short_rope_only(short.graph, context=4)
+    assert "If" not in [n.op_type for n in short.graph.node] and "Greater" not in [n.op_type for n in short.graph.node]
+    for n in (1, 4):
+        assert np.array_equal(run(short, n), run(_longrope_graph(), n))
+    assert run(_longrope_graph(), 5)[0, 0] == 2.0  # the original takes the long branch past the limit

@@ -68,3 +68,58 @@ def test_cuda_export_with_an_adapter_runs_in_onnxruntime_genai_cuda(tiny_llama, 
     ids = runtime.prompt_ids([{"role": "user", "content": "Where should I go in city 3?"}])
     answers = {name: list(runtime.stream_tokens(ids, name, Sampling(8))) for name in (None, "tuned", "zero")}
     assert answers["tuned"] != answers[None] and answers["zero"] == answers[None]
+
+
+def test_the_serving_engine_on_cuda_replays_graphs_per_batch_and_follows_each_rows_adapter(tiny_llama, cache,
+                                                                                            tiny_data):
+    """The batching server's decoder on the CUDA export: CUDA graphs (one per batch size) replay with the adapter
+    each slot holds, the same greedy tokens as without graphs and as onnxruntime-genai-cuda; rows decoded together
+    give each row's logits alone within fp16 tolerance."""
+    import numpy as np
+
+    from edgewise.models import onnx_lora
+    from edgewise.passes.export import ExportConfig
+    from edgewise.runtime.decoder import SlotDecoder
+    from edgewise.runtime.genai import Runtime, RuntimeMissing
+    from edgewise.runtime.sampling import Sampling
+
+    ft = engine.run_pass("finetune", engine.folder_artifact(tiny_llama), FinetuneConfig(
+        data_files=str(tiny_data), max_steps=8, lora_r=4, learning_rate=0.05), cache)
+    model = engine.run_pass("export", ft, ExportConfig(device="cuda"), cache).path / "model"
+    adapters = {"tuned": model / onnx_lora.ADAPTER_FILE}
+    graphs, plain = (SlotDecoder(model, adapters, slots=4, context=96, graphs=g) for g in (True, False))
+    assert graphs.graphs and not plain.graphs
+    try:
+        runtime = Runtime(model, adapters)
+    except RuntimeMissing:
+        pytest.skip("onnxruntime-genai-cuda is not installed")
+    prompts = [runtime.prompt_ids([{"role": "user", "content": f"Where should I go in city {i}?"}]) for i in range(4)]
+
+    def alone(decoder, ids, adapter, n=8):
+        decoder.assign(0, adapter)
+        logits = [decoder.prefill(0, ids)]
+        tokens, length = [int(logits[0].argmax())], len(ids)
+        while len(tokens) < n:
+            logits.append(decoder.decode(np.array([tokens[-1]]), np.array([length]))[0].copy())
+            tokens.append(int(logits[-1].argmax()))
+            length += 1
+        return tokens, np.stack(logits).astype(np.float32)
+
+    for adapter in (None, "tuned", None, "tuned"):  # replays follow the slot's adapter both ways
+        reference = [token for token, _ in runtime.stream_tokens(prompts[0], adapter, Sampling(8))]
+        with_graphs = alone(graphs, prompts[0], adapter)[0]
+        assert with_graphs == alone(plain, prompts[0], adapter)[0] and with_graphs[:len(reference)] == reference
+    cases = list(zip(prompts, (None, "tuned", "tuned", None)))
+    singles = [alone(graphs, ids, adapter) for ids, adapter in cases]
+    tokens, lengths = [], []
+    for slot, (ids, adapter) in enumerate(cases):
+        graphs.assign(slot, adapter)
+        tokens.append(int(graphs.prefill(slot, ids).argmax()))
+        lengths.append(len(ids))
+    for step in range(1, 8):
+        feed = [single[0][step - 1] for single in singles]  # teacher-forced: compare logits row by row
+        logits = graphs.decode(np.array(feed), np.array(lengths)).astype(np.float32)
+        for slot, single in enumerate(singles):
+            scale = np.abs(single[1][step]).max()
+            assert np.abs(logits[slot] - single[1][step]).max() <= 2e-2 * scale + 1e-2, (step, slot)
+            lengths[slot] += 1

@@ -54,8 +54,9 @@ _QV = ("q_proj", "v_proj")
 def _plain_rope_window(config: dict) -> str | None:
     """A Phi-3 without rope scaling is a plain-RoPE model, but transformers fills original_max_position_embeddings
     with 4096 and the builder treats any difference from max_position_embeddings as LongRoPE (and then fails on the
-    missing factors: KeyError 'multi_cache')."""
-    scaling = config.get("rope_scaling") or {}
+    missing factors: KeyError 'multi_cache'). transformers 5 writes the scaling as rope_parameters, older versions
+    as rope_scaling: a LongRoPE model has long factors under either."""
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
     original, window = config.get("original_max_position_embeddings"), config.get("max_position_embeddings")
     if scaling.get("long_factor") or original in (None, window):
         return None

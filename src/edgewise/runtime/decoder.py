@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from edgewise.core.errors import EdgewiseError
+from edgewise.core.log import log
 from edgewise.models.checks import check_adapter, lora_inputs
 from edgewise.models.targets import target_of
 
@@ -25,28 +26,64 @@ _NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float
 
 
 class _Rows:
-    """A [slots, ...] buffer on the session's device, bound to the session one row range at a time."""
+    """A [slots, ...] buffer on the session's device, bound to the session one row range at a time. On the CPU the
+    numpy array is the buffer; on a GPU `host` (when mirrored) is the copy that sync() uploads."""
 
-    def __init__(self, shape: tuple, dtype, device: str):
+    def __init__(self, shape: tuple, dtype, device: str, mirrored: bool = True):
         import onnxruntime as ort
 
-        # On the CPU this is the buffer, committed now: onnxruntime's attention writes a slot's whole cache on its
-        # first prompt, and first-touch page faults there cost a newcomer 0.3-0.7 s (measured at 4,096 tokens).
-        self.host = np.empty(shape, dtype)
-        self.host.fill(0)
-        self.value = None if device == "cpu" else ort.OrtValue.ortvalue_from_numpy(self.host, device, 0)
-        self.row_bytes = self.host[0].nbytes
-        self.dirty = False
+        self.shape, self.dtype, self.device = tuple(shape), np.dtype(dtype), device
+        self.host = self.value = None
+        if device == "cpu" or mirrored:
+            # Committed now: onnxruntime's attention writes a slot's whole cache on its first prompt, and first-touch
+            # page faults there cost a newcomer 0.3-0.7 s (measured at 4,096 tokens).
+            self.host = np.empty(shape, dtype)
+            self.host.fill(0)
+        if device != "cpu":
+            self.value = (ort.OrtValue.ortvalue_from_numpy(self.host, device, 0) if mirrored else
+                          ort.OrtValue.ortvalue_from_shape_and_type(list(shape), self.dtype.type, device, 0))
+        self.row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.row_bytes
 
     def sync(self) -> None:
-        """Bring the device copy up to date with the host rows (changed when a slot took another adapter)."""
-        if self.value is not None and self.dirty:
+        """Bring the device copy up to date with the host copy."""
+        if self.value is not None:
             self.value.update_inplace(self.host)
-        self.dirty = False
 
     def ptr(self, first: int) -> int:
         base = self.host.ctypes.data if self.value is None else self.value.data_ptr()
         return base + first * self.row_bytes
+
+    def bind_input(self, io, name: str, first: int, rows: int) -> None:
+        io.bind_input(name, self.device, 0, self.dtype, [rows, *self.shape[1:]], self.ptr(first))
+
+
+class _Uploads:
+    """One slot's rows of many device buffers written from their host copies in one onnxruntime run (an Identity
+    per buffer whose output is bound at the row's address): an adapter change uploads that slot, not every slot."""
+
+    def __init__(self, buffers: list[_Rows]):
+        import onnxruntime as ort
+        from onnx import helper
+
+        self.buffers = buffers
+        types = [helper.np_dtype_to_tensor_dtype(b.dtype) for b in buffers]
+        graph = helper.make_graph(
+            [helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(len(buffers))], "upload",
+            [helper.make_tensor_value_info(f"x{i}", t, None) for i, t in enumerate(types)],
+            [helper.make_tensor_value_info(f"y{i}", t, None) for i, t in enumerate(types)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"])
+
+    def row(self, slot: int) -> None:
+        io = self.session.io_binding()
+        for i, buffer in enumerate(self.buffers):
+            io.bind_cpu_input(f"x{i}", buffer.host[slot])
+            io.bind_output(f"y{i}", buffer.device, 0, buffer.dtype, list(buffer.shape[1:]), buffer.ptr(slot))
+        self.session.run_with_iobinding(io)
 
 
 def _batch_major(graph) -> None:
@@ -81,6 +118,34 @@ def _last_position_only(graph, logits: str) -> None:
             out.type.tensor_type.shape.dim[1].dim_value = 1
 
 
+def _short_rope_only(graph, context: int) -> bool:
+    """The builder's LongRoPE chooses between its short and long cos/sin caches with an If on the sequence length
+    (Greater than the original context). A decoder whose context never passes that length takes the short branch
+    once and for all: the If goes (onnxruntime captures no CUDA graph of a model with control flow). False where an
+    If stays."""
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer  # small ones are inline
+                 if i.data_location != onnx.TensorProto.EXTERNAL}
+    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    for node in [n for n in graph.node if n.op_type == "If"]:
+        test = producers.get(node.input[0])
+        limit = constants.get(test.input[1]) if test is not None and test.op_type == "Greater" else None
+        if limit is None or limit.size != 1 or context > int(limit):
+            return False
+        branch = next(a.g for a in node.attribute if a.name == "else_branch")
+        at = list(graph.node).index(node)
+        inlined = [*branch.node, *(onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name}/short/{o}")
+                                   for b, o in zip(branch.output, node.output))]
+        graph.node.remove(node)
+        for offset, new in enumerate(inlined):
+            graph.node.insert(at + offset, new)
+        graph.initializer.extend(branch.initializer)
+        if not any(test.output[0] in n.input for n in graph.node):
+            graph.node.remove(test)
+    return True
+
+
 def _types(graph) -> dict[str, np.dtype]:
     return {v.name: _NUMPY.get(v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)}
 
@@ -89,7 +154,7 @@ class SlotDecoder:
     """prefill(slot, ids) and decode(tokens, lengths) over a fixed number of sequence slots, adapters per slot."""
 
     def __init__(self, model_dir: str | Path, adapters: dict[str, str | Path], slots: int,
-                 context: int | None = None):
+                 context: int | None = None, graphs: bool = True):
         self.model_dir = model_dir = Path(model_dir)
         config = json.loads((model_dir / "genai_config.json").read_text())
         decoder = config["model"]["decoder"]
@@ -105,19 +170,27 @@ class SlotDecoder:
         self.adapters = {name: self._read_adapter(Path(path)) for name, path in adapters.items()}
         _batch_major(graph_model.graph)
         _last_position_only(graph_model.graph, self.names["logits"])
+        # CUDA graphs: each decode batch size is captured once and replayed, every input at a fixed address
+        self.graphs = self.device == "cuda" and graphs and _short_rope_only(graph_model.graph, self.context)
         self.session = self._session(graph_model, decoder.get("session_options", {}))
         kv_shape = (slots, self.kv_heads, self.context, self.head_size)
         kv_type = self.types[self.names["past_key_names"] % 0]
-        self.kv = [[_Rows(kv_shape, kv_type, self.device) for _ in range(2)] for _ in range(self.layers)]
+        self.kv = [[_Rows(kv_shape, kv_type, self.device, mirrored=False) for _ in range(2)]
+                   for _ in range(self.layers)]
         self.lora_rows = self._lora_buffers()
+        self._uploads = _Uploads(list(self.lora_rows.values())) if self.lora_rows and self.device != "cpu" else None
         self.slot_adapter: list[str | None] = [None] * slots
         self.vocab = int(config["model"]["vocab_size"])
         self.logits = np.zeros((slots, 1, self.vocab), self.types[self.names["logits"]])
         self._bindings: dict = {}
+        self.step_inputs = {key: _Rows((slots, self.context if key == "attention_mask" else 1),
+                                       self.types[self.names[key]], self.device)
+                            for key in ("input_ids", "attention_mask", "position_ids")
+                            if self.graphs and self.names.get(key)}
 
     @property
     def cache_bytes(self) -> int:
-        return sum(b.host.nbytes for pair in self.kv for b in pair) + sum(b.host.nbytes for b in self.lora_rows.values())
+        return sum(b.nbytes for pair in self.kv for b in pair) + sum(b.nbytes for b in self.lora_rows.values())
 
     # --- loading ---------------------------------------------------------------------------------------------------
 
@@ -142,7 +215,15 @@ class SlotDecoder:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EdgewiseError(f"{self.model_dir} is built for CUDAExecutionProvider, which this machine's "
                                     "onnxruntime cannot run; it runs with onnxruntime-gpu")
-            providers = [("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+            cuda = next((e["cuda"] for e in options.get("provider_options", []) if "cuda" in e), {})
+            if self.graphs:
+                try:
+                    return ort.InferenceSession(graph_model.SerializeToString(), so, providers=[
+                        ("CUDAExecutionProvider", {**cuda, "enable_cuda_graph": "1"}), "CPUExecutionProvider"])
+                except Exception as exc:  # noqa: BLE001 - onnxruntime refuses graphs for some graphs: run without
+                    log.warning("CUDA graphs are off for %s: %s", self.model_dir, str(exc).splitlines()[0])
+                    self.graphs = False
+            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         try:
@@ -175,7 +256,8 @@ class SlotDecoder:
             if name in weights:
                 w = weights[name]
                 row[:w.shape[0], :w.shape[1]] = w
-            rows.dirty = True
+        if self._uploads:
+            self._uploads.row(slot)
         self.slot_adapter[slot] = adapter
 
     def prefill(self, slot: int, ids: list[int], start: int = 0) -> np.ndarray:
@@ -186,8 +268,7 @@ class SlotDecoder:
         io = self.session.io_binding()
         self._bind_state(io, slot, 1)
         io.bind_output(self.names["logits"], "cpu")
-        self._run(io, np.array([ids]), np.ones((1, start + n)), np.arange(start, start + n)[None],
-                  self.slot_adapter[slot] is not None)
+        self._run(io, np.array([ids]), np.ones((1, start + n)), np.arange(start, start + n)[None], self._no_graph)
         return io.get_outputs()[-1].numpy()[0, -1]  # [1, 1, vocab]: the head sees the last position only
 
     def save(self, slot: int, n: int) -> list | None:
@@ -206,6 +287,8 @@ class SlotDecoder:
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One step for slots 0..len(tokens)-1: token r goes in at position lengths[r]; logits [rows, vocab]."""
         rows = len(tokens)
+        if self.graphs:
+            return self._decode_graph(tokens, lengths)
         with_lora = any(self.slot_adapter[:rows]) and bool(self.lora_rows)
         io = self._bindings.get((rows, with_lora))
         if io is None:
@@ -214,8 +297,49 @@ class SlotDecoder:
             io.bind_output(self.names["logits"], "cpu", 0, self.logits.dtype, [rows, 1, self.vocab],
                            self.logits.ctypes.data)
         mask = np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]
-        self._run(io, tokens[:, None], mask, lengths[:, None], with_lora)
+        self._run(io, tokens[:, None], mask, lengths[:, None])
         return self.logits[:rows, 0]
+
+    def _decode_graph(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """decode() as a replay of the CUDA graph for this many rows: inputs are written into fixed device buffers,
+        the mask spans the whole context (its sum, not its width, gives each row's length)."""
+        rows = len(tokens)
+        with_lora = bool(self.lora_rows) and any(self.slot_adapter[:rows])  # else the empty defaults: no LoRA work
+        if (rows, with_lora) not in self._bindings:
+            self._bindings[(rows, with_lora)] = self._graph_binding(rows, with_lora)
+        io, logits, options = self._bindings[(rows, with_lora)]
+        feeds = {"input_ids": tokens[:, None], "position_ids": lengths[:, None],
+                 "attention_mask": np.arange(self.context)[None, :] <= lengths[:, None]}
+        for key, buffer in self.step_inputs.items():
+            buffer.host[:rows] = feeds[key]
+            buffer.sync()
+        self.session.run_with_iobinding(io, options)
+        return logits.numpy()[:, 0]
+
+    def _graph_binding(self, rows: int, with_lora: bool):
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        self._bind_state(io, 0, rows, with_lora)
+        for key, buffer in self.step_inputs.items():
+            buffer.bind_input(io, self.names[key], 0, rows)
+        logits = ort.OrtValue.ortvalue_from_shape_and_type([rows, 1, self.vocab], self.logits.dtype.type, "cuda", 0)
+        io.bind_ortvalue_output(self.names["logits"], logits)
+        options = ort.RunOptions()
+        # one graph per batch size, with and without LoRA work; 0 is onnxruntime's own
+        options.add_run_config_entry("gpu_graph_id", str(2 * rows + with_lora))
+        return io, logits, options
+
+    @property
+    def _no_graph(self):
+        """Run options that keep a run (a prompt: its length varies) out of graph capture and replay."""
+        import onnxruntime as ort
+
+        if not self.graphs:
+            return None
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", "-1")
+        return options
 
     # --- binding ---------------------------------------------------------------------------------------------------
 
@@ -225,8 +349,8 @@ class SlotDecoder:
             for kind, buffer in zip(("key", "value"), pair):
                 ptr = buffer.ptr(first)
                 past, present = self.names[f"past_{kind}_names"] % layer, self.names[f"present_{kind}_names"] % layer
-                io.bind_input(past, self.device, 0, buffer.host.dtype, shape, ptr)
-                io.bind_output(present, self.device, 0, buffer.host.dtype, shape, ptr)
+                io.bind_input(past, self.device, 0, buffer.dtype, shape, ptr)
+                io.bind_output(present, self.device, 0, buffer.dtype, shape, ptr)
         if with_lora is None:
             with_lora = self.slot_adapter[first] is not None
         if with_lora:
@@ -234,9 +358,9 @@ class SlotDecoder:
 
     def _bind_lora(self, io, first: int, rows: int) -> None:
         for name, buffer in self.lora_rows.items():
-            io.bind_input(name, self.device, 0, buffer.host.dtype, [rows, *buffer.host.shape[1:]], buffer.ptr(first))
+            buffer.bind_input(io, name, first, rows)
 
-    def _run(self, io, ids, mask, positions, with_lora: bool) -> None:
+    def _run(self, io, ids, mask, positions, options=None) -> None:
         """Bind this step's inputs (kept referenced until the run returns: the binding aliases them) and run."""
         feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         arrays = []
@@ -245,7 +369,4 @@ class SlotDecoder:
             if name:
                 arrays.append(np.ascontiguousarray(array, self.types[name]))
                 io.bind_cpu_input(name, arrays[-1])
-        if with_lora:
-            for buffer in self.lora_rows.values():
-                buffer.sync()
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, options)

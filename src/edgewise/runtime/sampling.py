@@ -30,8 +30,9 @@ class Sampler:
         k = min(max(s.top_k, 1), logits.shape[-1])
         top = np.argpartition(logits, -k)[-k:]
         top = top[np.argsort(-logits[top], kind="stable")]
-        z = logits[top].astype(np.float64) / s.temperature
-        p = np.exp(z - z.max())
+        z = logits[top].astype(np.float64)
+        with np.errstate(over="ignore"):  # shifted first: a tiny temperature gives 0 and -inf, never inf - inf
+            p = np.exp((z - z[0]) / s.temperature)
         p /= p.sum()
         keep = min(int(np.searchsorted(np.cumsum(p), s.top_p)) + 1, k)  # the token that crosses top_p stays in
         p = p[:keep] / p[:keep].sum()
