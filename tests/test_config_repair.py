@@ -16,8 +16,10 @@ def test_a_phi3_without_rope_scaling_gets_its_window_as_original():
 def test_longrope_and_consistent_configs_are_left_alone():
     longrope = {"model_type": "phi3", "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
                 "rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}}
+    longrope_v5 = {"model_type": "phi3", "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+                   "rope_parameters": {"rope_type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}}
     plain = {"model_type": "phi3", "max_position_embeddings": 4096, "original_max_position_embeddings": 4096}
     llama = {"model_type": "llama", "max_position_embeddings": 2048, "original_max_position_embeddings": 4096}
-    for config in (longrope, plain, llama):
+    for config in (longrope, longrope_v5, plain, llama):  # transformers 5 writes rope_parameters
         before = dict(config)
         assert repair_config(config) == [] and config == before
