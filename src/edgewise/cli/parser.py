@@ -40,7 +40,9 @@ EXAMPLES = {
   edgewise serve models/onnx/model --adapter travel=models/onnx/model/adapter_weights.onnx_adapter
   curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model": "travel", "messages": [{"role": "user", "content": "Best way to get around Tokyo?"}]}'
-  # any OpenAI client: base_url=http://127.0.0.1:8000/v1, model="base" or an adapter's name""",
+  # any OpenAI client: base_url=http://127.0.0.1:8000/v1, model="base" or an adapter's name
+  edgewise serve models/onnx/model --adapter travel=... --adapter legal=... --max_batch 32 --max_queue 128
+  curl -s localhost:8000/metrics                                  # Prometheus: requests, tokens, queue, batch""",
     "registry": """examples:
   edgewise registry push models/onnx --name ft-for-travel        # next version; --version N to choose it
   edgewise registry list

@@ -188,7 +188,7 @@ class Batcher:
             tokens[job.slot], lengths[job.slot] = job.last, job.length
         logits = self.decoder.decode(tokens, lengths)
         if self.metrics:
-            self.metrics.step(len(jobs), rows)
+            self.metrics.step(len(jobs))
         for job in jobs:
             job.length += 1
             self._emit(job, job.sampler(logits[job.slot]))

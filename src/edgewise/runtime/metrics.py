@@ -37,7 +37,7 @@ class Metrics:
         self.prompt_tokens.inc(len(job.ids))
         self.ttft.observe(job.first_token_at - job.submitted)
 
-    def step(self, requests: int, rows: int) -> None:
+    def step(self, requests: int) -> None:
         self.step_rows.observe(requests)
 
     def finished(self, job, end) -> None:
