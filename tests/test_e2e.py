@@ -61,15 +61,16 @@ def _serve_with_limits(model, adapter):
     try:
         client = _client(url)
         chat = dict(messages=[{"role": "user", "content": "Tell me a long story about Paris."}], temperature=0)
-        first = iter(client.chat.completions.create(model="base", max_tokens=1500, stream=True, **chat))
+        first = client.chat.completions.create(model="base", max_tokens=1500, stream=True, **chat)
+        arriving = iter(first)
         for _ in range(3):
-            next(first)  # running: its slot is taken
+            next(arriving)  # running: its slot is taken
         second = client.chat.completions.create(model="travel", max_tokens=5, stream=True, **chat)  # queued
         with pytest.raises(openai.RateLimitError) as info:
             client.chat.completions.create(model="base", max_tokens=5, **chat)
         assert info.value.response.headers["retry-after"] == "1"
         assert info.value.body["code"] == "rate_limit_exceeded"
-        first.close()  # the client goes away mid-stream
+        first.close()  # the client goes away mid-stream (closes the HTTP response)
         chunks = list(second)
         assert chunks[-1].choices[0].finish_reason == "length"
         metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
