@@ -160,6 +160,10 @@ def test_server_limits_are_checked_before_loading(model_dir):
     done = subprocess.run([sys.executable, "-m", "edgewise", "serve", str(model_dir[0]), "--max_batch", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].endswith("--max_batch must be positive")
+    done = subprocess.run([sys.executable, "-m", "edgewise", "serve", str(model_dir[0]), "--max_batch", "10000000"],
+                          capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "cannot allocate the KV cache" in last and "lower --max_batch" in last, last
 
 
 def test_api_key_is_required_when_set(model_dir):

@@ -175,8 +175,13 @@ class SlotDecoder:
         self.session = self._session(graph_model, decoder.get("session_options", {}))
         kv_shape = (slots, self.kv_heads, self.context, self.head_size)
         kv_type = self.types[self.names["past_key_names"] % 0]
-        self.kv = [[_Rows(kv_shape, kv_type, self.device, mirrored=False) for _ in range(2)]
-                   for _ in range(self.layers)]
+        try:
+            self.kv = [[_Rows(kv_shape, kv_type, self.device, mirrored=False) for _ in range(2)]
+                       for _ in range(self.layers)]
+        except (MemoryError, RuntimeError) as exc:  # numpy's MemoryError; onnxruntime's failed device allocation
+            size = 2 * self.layers * np.prod(kv_shape) * np.dtype(kv_type).itemsize / 2**30
+            raise EdgewiseError(f"cannot allocate the KV cache ({size:.1f} GiB for {slots} slots of {self.context} "
+                                "tokens): lower --max_batch or --max_context") from exc
         self.lora_rows = self._lora_buffers()
         self._uploads = _Uploads(list(self.lora_rows.values())) if self.lora_rows and self.device != "cpu" else None
         self.slot_adapter: list[str | None] = [None] * slots
