@@ -87,8 +87,8 @@ def test_an_unknown_adapter_and_a_mismatched_one_are_refused(served, tmp_path):
         SlotDecoder(model, {"bad": bad}, slots=1, context=64)
 
 
-def _engine(served, slots=2, max_queue=8):
-    decoder = SlotDecoder(*served, slots=slots, context=128)
+def _engine(served, slots=2, max_queue=8, context=128):
+    decoder = SlotDecoder(*served, slots=slots, context=context)
     return Batcher(decoder, eos=set(), max_queue=max_queue)
 
 
@@ -115,21 +115,41 @@ def test_the_engine_batches_requests_and_each_gets_its_own_answer(served, runtim
 
 def test_queue_bound_cancellation_and_timeout(served, runtime):
     ids = _prompts(runtime)[0]
-    engine = _engine(served, slots=1, max_queue=1)
+    engine = _engine(served, slots=1, max_queue=1, context=256)  # the long job has room for ~220 tokens
     try:
-        long = engine.submit(Job(ids, "one", Sampling(max_new_tokens=100)))
+        long = engine.submit(Job(ids, "one", Sampling(max_new_tokens=200)))
         _wait(lambda: engine.batch_size == 1)
         waiting = engine.submit(Job(ids, None, Sampling(max_new_tokens=3)))
         with pytest.raises(QueueFull, match="bound is 1"):
             engine.submit(Job(ids, None, Sampling(max_new_tokens=3)))
         long.cancel()  # the slot frees at the next step and the waiting job runs
         assert len(list(waiting.results())) == 3 and waiting.end.reason == "length"
-        assert long.end.reason == "cancelled" and long.produced < 100
+        assert long.end.reason == "cancelled" and long.produced < 200
         late = engine.submit(Job(ids, None, Sampling(max_new_tokens=100), timeout=0.0))
         list(late.results())
         assert late.end.reason == "timeout"
         with pytest.raises(EdgewiseError, match="unknown adapter"):
             engine.submit(Job(ids, "nope", Sampling()))
+        running = engine.submit(Job(ids, None, Sampling(max_new_tokens=200)))
+        _wait(lambda: engine.batch_size == 1)
+        gone = engine.submit(Job(ids, None, Sampling()))
+        gone.cancel()  # a client that left while waiting gives its place in the queue back at once
+        engine.submit(Job(ids, None, Sampling(max_new_tokens=1)))
+        assert gone.end.reason == "cancelled"
+        running.cancel()
+    finally:
+        engine.close()
+
+
+def test_a_prompt_that_fails_fails_only_its_own_request(served, runtime):
+    ids = _prompts(runtime)[0]
+    engine = _engine(served, slots=2)
+    try:
+        other = engine.submit(Job(ids, "one", Sampling(max_new_tokens=30)))
+        too_long = engine.submit(Job(list(ids) * 20, None, Sampling()))  # past the decoder's context of 128
+        list(too_long.results())
+        assert too_long.end.reason == "error" and "context" in too_long.end.detail
+        assert len(list(other.results())) == 30 and other.end.reason == "length"
     finally:
         engine.close()
 

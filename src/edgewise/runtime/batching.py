@@ -99,6 +99,9 @@ class Batcher:
         if job.adapter is not None and job.adapter not in self.decoder.adapters:
             raise EdgewiseError(f"unknown adapter '{job.adapter}'")
         with self.cond:
+            for gone in [j for j in self.waiting if j.cancelled]:  # clients that left while waiting free their place
+                self.waiting.remove(gone)
+                self._finish(gone, Finished("cancelled"))
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting (the bound is {self.max_queue})")
             self.waiting.append(job)
@@ -123,7 +126,7 @@ class Batcher:
                 admitted = self._admit()
             try:
                 self._turn(admitted)
-            except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, never the server
+            except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it, never the server
                 log.error("generation failed: %s", exc)
                 for job in list(self.running.values()):
                     self._finish(job, Finished("error", str(exc)))
@@ -153,7 +156,11 @@ class Batcher:
             if job.slot in self.running:
                 self.decoder.assign(job.slot, job.adapter)
         for job in [j for j in self.running.values() if j.prefilled < len(j.ids)]:
-            self._prefill(job)
+            try:
+                self._prefill(job)
+            except Exception as exc:  # noqa: BLE001 - one prompt that fails fails its own request only
+                log.error("prompt failed: %s", exc)
+                self._finish(job, Finished("error", str(exc)))
         decoding = [j for j in self.running.values() if j.prefilled == len(j.ids)]
         if decoding:
             self._step(decoding)
