@@ -66,6 +66,10 @@ class Job:
     def expired(self, now: float) -> bool:
         return self.timeout is not None and now - self.submitted > self.timeout
 
+    def abandoned(self, now: float) -> Finished | None:
+        """Why the job ends before its next step (its client left, or its deadline passed), or None."""
+        return Finished("cancelled") if self.cancelled else Finished("timeout") if self.expired(now) else None
+
     def results(self):
         """The generated token ids as they come (`end` says why they stopped)."""
         while not isinstance(item := self.out.get(), Finished):
@@ -139,8 +143,8 @@ class Batcher:
         now = time.monotonic()
         while self.waiting and free:
             job = self.waiting.popleft()
-            if job.cancelled or job.expired(now):
-                self._finish(job, Finished("cancelled" if job.cancelled else "timeout"))
+            if end := job.abandoned(now):
+                self._finish(job, end)
                 continue
             job.slot = free.pop(0)
             self.running[job.slot] = job
@@ -150,8 +154,8 @@ class Batcher:
     def _turn(self, admitted: list[Job]) -> None:
         now = time.monotonic()
         for job in list(self.running.values()):
-            if job.cancelled or job.expired(now):
-                self._finish(job, Finished("cancelled" if job.cancelled else "timeout"))
+            if end := job.abandoned(now):
+                self._finish(job, end)
         for job in admitted:
             if job.slot in self.running:
                 self.decoder.assign(job.slot, job.adapter)

@@ -186,8 +186,11 @@ class SlotDecoder:
         self._uploads = _Uploads(list(self.lora_rows.values())) if self.lora_rows and self.device != "cpu" else None
         self.slot_adapter: list[str | None] = [None] * slots
         self.vocab = int(config["model"]["vocab_size"])
+        eos = config["model"]["eos_token_id"]
+        self.eos = set(eos if isinstance(eos, list) else [eos])
         self.logits = np.zeros((slots, 1, self.vocab), self.types[self.names["logits"]])
         self._bindings: dict = {}
+        self._no_graph = self._prompt_options()
         self.step_inputs = {key: _Rows((slots, self.context if key == "attention_mask" else 1),
                                        self.types[self.names[key]], self.device)
                             for key in ("input_ids", "attention_mask", "position_ids")
@@ -335,9 +338,8 @@ class SlotDecoder:
         options.add_run_config_entry("gpu_graph_id", str(2 * rows + with_lora))
         return io, logits, options
 
-    @property
-    def _no_graph(self):
-        """Run options that keep a run (a prompt: its length varies) out of graph capture and replay."""
+    def _prompt_options(self):
+        """Run options that keep a prompt's run (its length varies) out of graph capture and replay."""
         import onnxruntime as ort
 
         if not self.graphs:

@@ -19,6 +19,12 @@ class RuntimeMissing(EdgewiseError):
     """The model is built for an execution provider this machine's onnxruntime-genai does not have."""
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """A conversation through the model's chat template (with the assistant's opening), as token ids."""
+    text = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    return list(tokenizer.encode(text))
+
+
 class Runtime:
     """One loaded base model and its named adapters; each generation picks an adapter (or none)."""
 
@@ -64,8 +70,7 @@ class Runtime:
         return lora_inputs(onnx.load(self.model_dir / "model.onnx", load_external_data=False).graph)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
-        return list(self.tokenizer.encode(text))
+        return chat_prompt_ids(self.tokenizer, messages)
 
     def stream(self, ids: list[int], adapter: str | None = None, sampling: Sampling = Sampling()) -> Iterator[str]:
         """Decoded text pieces, one per generated token."""

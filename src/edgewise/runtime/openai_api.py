@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from edgewise.runtime.batching import Batcher, Finished, Job, QueueFull
 from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.genai import chat_prompt_ids
 from edgewise.runtime.metrics import Metrics
 from edgewise.runtime.sampling import Sampling
 
@@ -71,14 +72,11 @@ class Server:
                  timeout: float | None = None, max_context: int | None = None):
         import onnxruntime_genai as og
 
-        config = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
         self.tokenizer = og.Tokenizer(og.Config(str(model_dir)))
         decoder = SlotDecoder(model_dir, adapters, max_batch, max_context)
-        eos = config["eos_token_id"]
         self.names, self.context_length, self.timeout = list(adapters), decoder.context, timeout
         self.metrics = Metrics()
-        self.batcher = Batcher(decoder, set(eos if isinstance(eos, list) else [eos]), max_queue, self.metrics,
-                               prefix=self.template_prefix())
+        self.batcher = Batcher(decoder, decoder.eos, max_queue, self.metrics, prefix=self.template_prefix())
         self.metrics.watch(self.batcher)
 
     def models(self) -> list[str]:
@@ -91,8 +89,7 @@ class Server:
         return None if model == BASE else model
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
-        return list(self.tokenizer.encode(text))
+        return chat_prompt_ids(self.tokenizer, messages)
 
     def template_prefix(self) -> list[int]:
         """The tokens every chat prompt starts with: the template's head (its default system turn, the user turn's
