@@ -80,17 +80,15 @@ def auto_opt(args) -> int:
 
 
 def convert_adapters(args) -> int:
-    import onnx
-
     from edgewise.models import onnx_lora
     from edgewise.models.checkpoint import read_config
-    from edgewise.models.checks import check_adapter, lora_inputs
+    from edgewise.models.checks import check_adapter, lora_graph, lora_inputs
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise EdgewiseError(f"{model_dir} is not a model folder exported by edgewise auto-opt")
     hf_config = read_config(model_dir)
-    inputs = lora_inputs(onnx.load(model_dir / "model.onnx", load_external_data=False).graph)
+    inputs = lora_inputs(lora_graph(model_dir))
     out = Path(args.output_dir)
     if out.is_file():
         raise EdgewiseError(f"output path {out} is a file")

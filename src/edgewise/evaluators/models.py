@@ -42,9 +42,7 @@ class OnnxModel(_Lazy):
 
     def logprobs(self, ids: list[int]) -> np.ndarray:
         """log p(ids[i+1] | ids[:i+1]) for every position, from one forward pass over the whole sequence."""
-        generator = self.runtime.generator(len(ids) + 1, self.adapter)
-        generator.append_tokens(ids)
-        logits = np.asarray(generator.get_output("logits"), dtype=np.float64)[0, :-1]
+        logits = self.runtime.all_logits(ids, self.adapter)[:-1].astype(np.float64)
         logits -= logits.max(-1, keepdims=True)
         log_z = np.log(np.exp(logits).sum(-1))
         return logits[np.arange(len(ids) - 1), ids[1:]] - log_z

@@ -4,12 +4,13 @@ type against the activation at its node, and every `.onnx_adapter` against the m
 shape. Whatever fails is one line naming the tensor."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
 
 from edgewise.core.errors import EdgewiseError
-from edgewise.models import onnx_lora
+from edgewise.models import npu, onnx_lora
 
 _ORT_TYPES = {"tensor(float)": "float", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16"}
 
@@ -78,8 +79,52 @@ def check_graph(model_path: Path) -> None:
             raise EdgewiseError(f"the exported graph does not check: {text}") from exc
 
 
+def lora_graph(model_dir: Path):
+    """The graph whose inputs an adapter must match: model.onnx, or a decoder pipeline's prompt (context) graph."""
+    genai = json.loads((Path(model_dir) / "genai_config.json").read_text())
+    name = "model.onnx"
+    if npu.is_pipeline(genai):
+        name = genai["model"]["decoder"]["pipeline"][0]["context"]["filename"]
+    return onnx.load(Path(model_dir) / name, load_external_data=False).graph
+
+
+def check_pipeline(model_dir: Path, genai: dict) -> list[str]:
+    """A decoder pipeline: its CPU graphs resolve, each compiled graph has its context binaries, the LoRA inputs
+    have the activations' type (the cache's) and every adapter matches them."""
+    parts = genai["model"]["decoder"]["pipeline"][0]
+    compiled = []
+    for name, part in parts.items():
+        path = Path(model_dir) / part["filename"]
+        if not part["session_options"]["provider_options"]:
+            check_graph(path)
+            continue
+        graph = onnx.load(path, load_external_data=False).graph
+        for node in graph.node:
+            for attr in (a for a in node.attribute if a.name == "ep_cache_context"):
+                if not (path.parent / attr.s.decode()).is_file():
+                    raise EdgewiseError(f"{path.name}: its context binary {attr.s.decode()} is missing")
+        compiled.append(name)
+    graph = lora_graph(model_dir)
+    inputs = lora_inputs(graph)
+    cache = onnx_lora.type_name(graph.input[0].type.tensor_type.elem_type)  # the input embeddings
+    wrong = [name for name, (dtype, _) in inputs.items() if dtype != cache]
+    if wrong:
+        raise EdgewiseError(f"LoRA input {wrong[0]} is {inputs[wrong[0]][0]}, the activations are {cache}")
+    adapters = sorted(Path(model_dir).glob("*.onnx_adapter"))
+    for adapter in adapters:
+        check_adapter(adapter, inputs)
+    ranks = sorted({dims[1] for name, (_, dims) in inputs.items() if name.endswith(".lora_A")})
+    return [f"graphs: {', '.join(n for n in parts if n not in compiled)} resolved by onnxruntime (CPU); "
+            f"{', '.join(compiled)} compiled for HTP with CPU fallback disabled, context binaries present: passed",
+            f"LoRA inputs: {len(inputs)}, {cache}, fixed rank {ranks[0] if ranks else '-'}: passed",
+            f"adapters: {len(adapters)} match the model's inputs by name, type and shape: passed"]
+
+
 def check_export(model_dir: Path) -> list[str]:
     """Run every structural check on an exported folder; the lines say what was checked."""
+    genai = json.loads((Path(model_dir) / "genai_config.json").read_text())
+    if npu.is_pipeline(genai):
+        return check_pipeline(model_dir, genai)
     model_path = Path(model_dir) / "model.onnx"
     check_graph(model_path)
     graph = onnx.load(model_path, load_external_data=False).graph

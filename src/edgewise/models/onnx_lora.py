@@ -147,7 +147,34 @@ def peft_pieces(adapter_dir: Path, config) -> dict[tuple[int, str], tuple[np.nda
     return pieces
 
 
+def combined_rank(adapter_dir: Path, layout: dict, config) -> int:
+    """The widest LoRA input an adapter fills: a fused projection (qkv) stacks its pieces' ranks when they have
+    their own A (separate q/k/v adapters)."""
+    return max(a.shape[1] for name, a in _adapter_tensors(adapter_dir, layout, config).items()
+               if name.endswith(".lora_A"))
+
+
+def _fixed(tensors: dict[str, np.ndarray], layout: dict) -> dict[str, np.ndarray]:
+    """For a model compiled at a fixed LoRA rank (the NPU's): every input present, zero-padded to that rank."""
+    out = {}
+    for prefix, entry in layout.items():
+        rank = entry["rank"]
+        a = tensors.get(f"{prefix}.lora_A", np.zeros((entry["in"], 0), np.float32))
+        b = tensors.get(f"{prefix}.lora_B", np.zeros((0, entry["out"]), np.float32))
+        if a.shape[1] > rank:
+            raise EdgewiseError(f"the adapter's rank {a.shape[1]} at {prefix} exceeds the model's fixed LoRA rank "
+                                f"{rank}: re-export with --lora_rank {a.shape[1]}")
+        out[f"{prefix}.lora_A"] = np.pad(a, ((0, 0), (0, rank - a.shape[1])))
+        out[f"{prefix}.lora_B"] = np.pad(b, ((0, rank - b.shape[0]), (0, 0)))
+    return out
+
+
 def adapter_tensors(adapter_dir: Path, layout: dict, config) -> dict[str, np.ndarray]:
+    tensors = _adapter_tensors(adapter_dir, layout, config)
+    return _fixed(tensors, layout) if any("rank" in entry for entry in layout.values()) else tensors
+
+
+def _adapter_tensors(adapter_dir: Path, layout: dict, config) -> dict[str, np.ndarray]:
     pieces = peft_pieces(adapter_dir, config)
     covered = {(entry["layer"], name) for entry in layout.values() for name in entry["covers"]}
     missing = sorted({name for (_, name) in pieces} - {name for (_, name) in covered})

@@ -18,6 +18,7 @@ class Target:
     precisions: tuple[str, ...]  # weight precisions built for it (the first is the default)
     runtime: str  # what runs such a model
     genai_key: str | None  # its entry in genai_config.json's provider_options (None: the CPU)
+    builder: str | None = None  # the builder's -e value when it differs from `device` (the NPU starts from the CPU's)
 
 
 TARGETS = {t.device: t for t in (
@@ -27,6 +28,8 @@ TARGETS = {t.device: t for t in (
     Target("dml", "DmlExecutionProvider", ("int4", "fp16"), "onnxruntime-genai-directml (Windows)", "dml"),
     Target("webgpu", "WebGpuExecutionProvider", ("int4", "fp16", "fp32"),
            "onnxruntime-genai-winml (Windows) or onnxruntime-web (a browser)", "webgpu"),
+    Target("npu", "QNNExecutionProvider", ("int4", "fp32"),
+           "onnxruntime-genai with onnxruntime-qnn (Snapdragon HTP; its HTP simulator on x86 Linux)", "QNN", "cpu"),
 )}
 DEVICES = (*TARGETS, "gpu")  # gpu: the CUDA target
 PROVIDERS = {t.provider: t for t in TARGETS.values()}

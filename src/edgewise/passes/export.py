@@ -34,15 +34,32 @@ class ExportConfig:
     lm_head_bits: int = field(default=8, metadata={
         "help": "bits of the output head and tied embedding in int4 models", "choices": (4, 8)})
     threads: int = field(default=0, metadata={"help": "intra-op threads in genai_config (0: this machine's cores)"})
-
+    context_length: int = field(default=0, metadata={
+        "help": "npu: the compiled context, prompt and answer together (0: the model's, at most 2048)"})
+    prompt_window: int = field(default=64, metadata={"help": "npu: prompt tokens per run of the context graph"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "npu: the fixed rank of the LoRA inputs; smaller adapters are zero-padded (0: the adapter's, or 16)"})
+    soc_model: int = field(default=60, metadata={"help": "npu: QNN soc_model of the chip (60: Snapdragon X Elite)"})
+    htp_arch: int = field(default=73, metadata={"help": "npu: Hexagon architecture of the chip (73: v73)"})
 
     def check(self) -> None:
-        """Before any work: the precision is one the target is built for."""
-        check_precision(target_for(self.device, self.provider), self.precision)
+        """Before any work: the precision is one the target is built for; the NPU's shapes fit together."""
+        target = target_for(self.device, self.provider)
+        check_precision(target, self.precision)
+        if target.device == "npu":
+            check_npu_shapes(self.context_length, self.prompt_window, self.lora_rank)
+
+
+def check_npu_shapes(context: int, window: int, rank: int) -> None:
+    if window < 2 or context < 0 or rank < 0:
+        raise EdgewiseError("--prompt_window must be at least 2, --context_length and --lora_rank at least 0")
+    if context and context < 2 * window:
+        raise EdgewiseError(f"--context_length {context} must be at least twice --prompt_window ({window})")
 
 
 def execution_provider(config: ExportConfig) -> str:
-    return target_for(config.device, config.provider).device
+    target = target_for(config.device, config.provider)
+    return target.builder or target.device
 
 
 def export_inputs(folder: Path, config: ExportConfig) -> tuple[Path, Path | None]:
@@ -150,21 +167,72 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     hf_config = read_config(base)
     targets = lora_target_set(adapter, config)
     model_dir = out / MODEL
-    run_builder(builder_input(base, config.precision, work), model_dir, config, work)
-    set_threads(model_dir, config.threads)
-    model = onnx.load(model_dir / "model.onnx")
+    npu = target_for(config.device, config.provider).device == "npu"
+    built = work / "cpu-model" if npu else model_dir  # the NPU pipeline is cut from the CPU model
+    run_builder(builder_input(base, config.precision, work), built, config, work)
+    set_threads(built, config.threads)
+    model = onnx.load(built / "model.onnx")
     repair_shared_head(model)
-    if targets:
-        layout = onnx_lora.add_lora_inputs(model, targets, hf_config)
+    layout = onnx_lora.add_lora_inputs(model, targets, hf_config) if targets else {}
+    metrics = {"lora_targets": sorted(targets)}
+    if npu:
+        rank = npu_lora_rank(adapter, layout, hf_config, config.lora_rank)
+        for entry in layout.values():
+            entry["rank"] = rank  # compiled graphs have static shapes: every adapter is padded to this rank
+        metrics["npu"] = export_npu(model, built, model_dir, config, rank, work)
+    else:
+        save_onnx(model, model_dir / "model.onnx")
+    if layout:
         (model_dir / onnx_lora.LAYOUT).write_text(json.dumps(layout, indent=1))
-    save_onnx(model, model_dir / "model.onnx")
-    metrics = {"onnx_bytes": sum(p.stat().st_size for p in model_dir.glob("model.onnx*")), "lora_targets":
-               sorted(targets)}
+    metrics["onnx_bytes"] = sum(p.stat().st_size for p in model_dir.iterdir() if p.suffix in (".onnx", ".data", ".bin"))
     if adapter:
         onnx_lora.convert_adapter(adapter, model_dir, model_dir / onnx_lora.ADAPTER_FILE, hf_config)
     (model_dir / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=2))
     validate(model_dir, config)
     return metrics
+
+
+def npu_lora_rank(adapter: Path | None, layout: dict, hf_config, asked: int) -> int:
+    """The NPU model's fixed LoRA rank: --lora_rank, else the shipped adapter's widest input, else 16."""
+    from edgewise.models import onnx_lora
+
+    if not layout:
+        return 0
+    need = onnx_lora.combined_rank(adapter, layout, hf_config) if adapter else 0
+    if asked and need > asked:
+        raise EdgewiseError(f"the adapter needs LoRA rank {need} (its pieces stacked per projection), more than "
+                            f"--lora_rank {asked}")
+    return asked or need or 16
+
+
+def export_npu(model, built: Path, model_dir: Path, config: ExportConfig, rank: int, work: Path) -> dict:
+    """The decoder pipeline for HTP: the CPU model cut into its four graphs (models/npu.py), the two body graphs
+    compiled into EPContext models with their context binaries, the CPU parts saved as they are."""
+    from edgewise.models import npu
+    from edgewise.runtime import qnn
+
+    cpu_config = json.loads((built / "genai_config.json").read_text())
+    context = config.context_length or min(int(cpu_config["model"]["context_length"]), 2048)
+    check_npu_shapes(context, config.prompt_window, config.lora_rank)
+    parts = npu.split(model, cpu_config["model"]["decoder"], int(cpu_config["model"]["vocab_size"]),
+                      config.prompt_window, context, rank)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    files, compiled = {}, {}
+    options = qnn.runtime_options(config.soc_model, config.htp_arch)
+    for name, part in parts.items():
+        if name in npu.ON_HTP:
+            save_onnx(part, work / f"{name}.onnx")
+            files[name] = f"{name}_ctx.onnx"
+            compiled[name] = qnn.compile_for_htp(work / f"{name}.onnx", model_dir / files[name], options, work)
+        else:
+            files[name] = f"{name}.onnx"
+            save_onnx(part, model_dir / files[name])
+    genai = npu.genai_config(cpu_config, parts, files, config.prompt_window, context, options)
+    (model_dir / "genai_config.json").write_text(json.dumps(genai, indent=4))
+    for side in built.iterdir():  # tokenizer and chat template
+        if side.is_file() and not side.name.startswith(("model.onnx", "genai_config")):
+            shutil.copy2(side, model_dir / side.name)
+    return {"context_length": context, "prompt_window": config.prompt_window, "compiled": compiled}
 
 
 def validate(model_dir: Path, config: ExportConfig) -> None:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
+from edgewise.models import npu
 from edgewise.runtime.genai import Runtime
 
 
@@ -44,13 +45,14 @@ def synthetic_prompt(runtime: Runtime, n: int) -> list[int]:
 def one_run(runtime: Runtime, ids: list[int], gen_tokens: int, adapter: str | None) -> tuple[float, list[float]]:
     """Seconds to the first token, then the seconds of each further token."""
     start = time.perf_counter()
-    total = len(ids) + gen_tokens
+    runtime.check_room(len(ids), gen_tokens)
+    total = (npu.padded_length(len(ids), runtime.window) if runtime.pipeline else len(ids)) + gen_tokens
     generator = runtime.generator(total, adapter, do_sample=False, min_length=total)
     generator.append_tokens(ids)
     generator.generate_next_token()
     ttft = time.perf_counter() - start
     steps = []
-    while not generator.is_done():
+    for _ in range(gen_tokens - 1):  # a pipeline's max_length is its whole context
         tick = time.perf_counter()
         generator.generate_next_token()
         steps.append(time.perf_counter() - tick)

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from edgewise.core.errors import EdgewiseError
-from edgewise.models.checks import check_adapter, lora_inputs
+from edgewise.models import npu
+from edgewise.models.checks import check_adapter, lora_graph, lora_inputs
 from edgewise.models.targets import target_of
 from edgewise.runtime.sampling import Sampling
 
@@ -25,6 +28,24 @@ def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer.encode(text))
 
 
+def _register_qnn(target):
+    """The QNN plugin registered with onnxruntime-genai; the context in which its libraries load."""
+    from edgewise.runtime import qnn
+
+    if not qnn.available():
+        raise RuntimeMissing(f"this model is built for {target.provider}; it runs with {target.runtime}")
+    qnn.register_genai()
+    return qnn.quiet_stdout()
+
+
+def _adapter_arrays(path: Path) -> dict:
+    """An .onnx_adapter's tensors as numpy arrays (copies: the runtime keeps pointers to what it is given)."""
+    import onnxruntime as ort
+
+    return {name: np.array(value.numpy(), copy=True)
+            for name, value in ort.AdapterFormat.read_adapter(str(path)).get_parameters().items()}
+
+
 class Runtime:
     """One loaded base model and its named adapters; each generation picks an adapter (or none)."""
 
@@ -40,7 +61,12 @@ class Runtime:
             genai_config = json.loads((model_dir / "genai_config.json").read_text())
             self.context_length = int(genai_config["model"]["context_length"])
             target = target_of(genai_config)
-            self.model = og.Model(str(model_dir))
+            self.pipeline, self.window = npu.is_pipeline(genai_config), npu.window_of(genai_config)
+            if self.pipeline:
+                with _register_qnn(target):
+                    self.model = og.Model(str(model_dir))
+            else:
+                self.model = og.Model(str(model_dir))
             self.tokenizer = og.Tokenizer(self.model)
         except Exception as exc:  # the runtime's RuntimeError text names the damaged file
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -49,6 +75,7 @@ class Runtime:
                                      f"onnxruntime-genai cannot run; it runs with {target.runtime}") from exc
             raise EdgewiseError(f"cannot load the model in {model_dir}: {text}") from exc
         self.adapters = og.Adapters(self.model)
+        self.tensors: dict[str, dict] = {}  # a pipeline's adapters, fed as inputs (its stages do not get og.Adapters)
         self.names: list[str] = []
         for name, path in (adapters or {}).items():
             self.load_adapter(name, path)
@@ -58,7 +85,10 @@ class Runtime:
             raise EdgewiseError(f"adapter file not found: {path}")
         check_adapter(Path(path), self.lora_inputs)  # a wrong name, type or shape is one line, before the runtime
         try:
-            self.adapters.load(str(path), name)
+            if self.pipeline:
+                self.tensors[name] = _adapter_arrays(path)
+            else:
+                self.adapters.load(str(path), name)
         except Exception as exc:  # onnxruntime-genai raises RuntimeError/OrtException with the runtime's text
             raise EdgewiseError(f"cannot load adapter {path}: {str(exc).splitlines()[0]}") from exc
         self.names.append(name)
@@ -67,7 +97,7 @@ class Runtime:
     def lora_inputs(self) -> dict:
         import onnx
 
-        return lora_inputs(onnx.load(self.model_dir / "model.onnx", load_external_data=False).graph)
+        return lora_inputs(lora_graph(self.model_dir))
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return chat_prompt_ids(self.tokenizer, messages)
@@ -83,11 +113,43 @@ class Runtime:
         if adapter is not None and adapter not in self.names:
             raise EdgewiseError(f"unknown adapter '{adapter}' (loaded: {', '.join(self.names) or 'none'})")
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max_length, **search)
+        params.set_search_options(max_length=self.context_length if self.pipeline else max_length, **search)
         generator = self.og.Generator(self.model, params)
-        if adapter is not None:
+        if self.pipeline:
+            for name, value in self._pipeline_lora(adapter).items():
+                generator.set_model_input(name, value)
+        elif adapter is not None:
             generator.set_active_adapter(self.adapters, adapter)
         return generator
+
+    def _pipeline_lora(self, adapter: str | None) -> dict:
+        """A compiled pipeline has fixed LoRA inputs: the adapter's tensors, or zeros (the base) without one."""
+        if adapter is not None:
+            return self.tensors[adapter]
+        if not hasattr(self, "_zeros"):
+            types = {"float": np.float32, "float16": np.float16}
+            self._zeros = {name: np.zeros(dims, types[dtype]) for name, (dtype, dims) in self.lora_inputs.items()}
+        return self._zeros
+
+    def all_logits(self, ids: list[int], adapter: str | None = None) -> np.ndarray:
+        """The logits at every position of `ids` ([len(ids), vocab]). A pipeline's head sees only the last window
+        of an append, so its prompt goes in one window per append (full windows have no padding)."""
+        self.check_room(len(ids), 0)
+        generator = self.generator(len(ids) + 1, adapter)
+        step = self.window if self.pipeline else len(ids)
+        rows = []
+        for start in range(0, len(ids), step):
+            chunk = ids[start:start + step]
+            generator.append_tokens(chunk)
+            rows.append(np.asarray(generator.get_output("logits"))[0, :len(chunk)])
+        return np.concatenate(rows)
+
+    def check_room(self, prompt: int, new_tokens: int) -> None:
+        """A pipeline's sequence holds the prompt padded to whole windows, then the answer."""
+        used = npu.padded_length(prompt, self.window) if self.pipeline else prompt
+        if used + new_tokens > self.context_length:
+            raise EdgewiseError(f"the prompt ({prompt} tokens{', padded to ' + str(used) if used != prompt else ''}) "
+                                f"and {new_tokens} new tokens exceed the model's context of {self.context_length}")
 
     def stream_tokens(self, ids, adapter=None, sampling: Sampling = Sampling()):
         options = {"do_sample": sampling.temperature > 0}
@@ -95,10 +157,14 @@ class Runtime:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
             if sampling.seed is not None:
                 options["random_seed"] = sampling.seed
+        if self.pipeline:
+            self.check_room(len(ids), sampling.max_new_tokens)
         generator = self.generator(len(ids) + sampling.max_new_tokens, adapter, **options)
         generator.append_tokens(ids)
         decoder = self.tokenizer.create_stream()
-        while not generator.is_done():
+        for _ in range(sampling.max_new_tokens):  # a pipeline's max_length is its whole context
+            if generator.is_done():
+                break
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             yield token, decoder.decode(token)
