@@ -25,7 +25,6 @@ from edgewise.core.log import log
 from edgewise.runtime.decoder import SlotDecoder
 from edgewise.runtime.sampling import Sampler, Sampling
 
-PREFILL_CHUNK = 512  # longer prompts are prefilled in pieces of this many tokens, decode steps in between
 
 
 class QueueFull(EdgewiseError):
@@ -182,7 +181,7 @@ class Batcher:
                 self.saved_prefix[job.adapter] = self.decoder.save(job.slot, n)
                 return
         start = job.prefilled
-        piece = job.ids[start:start + PREFILL_CHUNK]
+        piece = job.ids[start:start + self.decoder.prefill_chunk]  # decode steps run between a long prompt's pieces
         logits = self.decoder.prefill(job.slot, piece, start)
         job.prefilled = job.length = start + len(piece)
         if job.prefilled == len(job.ids):

@@ -153,6 +153,8 @@ def _types(graph) -> dict[str, np.dtype]:
 class SlotDecoder:
     """prefill(slot, ids) and decode(tokens, lengths) over a fixed number of sequence slots, adapters per slot."""
 
+    prefill_chunk = 512  # longer prompts are prefilled in pieces of this many tokens
+
     def __init__(self, model_dir: str | Path, adapters: dict[str, str | Path], slots: int,
                  context: int | None = None, graphs: bool = True):
         self.model_dir = model_dir = Path(model_dir)

@@ -28,12 +28,13 @@ def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer.encode(text))
 
 
-def _register_qnn(target):
+def _register_qnn(model_dir: Path, target):
     """The QNN plugin registered with onnxruntime-genai; the context in which its libraries load."""
     from edgewise.runtime import qnn
 
     if not qnn.available():
-        raise RuntimeMissing(f"this model is built for {target.provider}; it runs with {target.runtime}")
+        raise RuntimeMissing(f"{model_dir} is built for {target.provider}, which this machine's onnxruntime-genai "
+                             f"cannot run; it runs with {target.runtime}")
     qnn.register_genai()
     return qnn.quiet_stdout()
 
@@ -63,11 +64,13 @@ class Runtime:
             target = target_of(genai_config)
             self.pipeline, self.window = npu.is_pipeline(genai_config), npu.window_of(genai_config)
             if self.pipeline:
-                with _register_qnn(target):
+                with _register_qnn(model_dir, target):
                     self.model = og.Model(str(model_dir))
             else:
                 self.model = og.Model(str(model_dir))
             self.tokenizer = og.Tokenizer(self.model)
+        except RuntimeMissing:
+            raise
         except Exception as exc:  # the runtime's RuntimeError text names the damaged file
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if target and target.genai_key and any(m in text for m in _MISSING):

@@ -20,10 +20,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
+from edgewise.models.npu import is_pipeline
 from edgewise.runtime.batching import Batcher, Finished, Job, QueueFull
 from edgewise.runtime.decoder import SlotDecoder
 from edgewise.runtime.genai import chat_prompt_ids
 from edgewise.runtime.metrics import Metrics
+from edgewise.runtime.one_slot import OneSlot
 from edgewise.runtime.sampling import Sampling
 
 BASE = "base"
@@ -72,11 +74,16 @@ class Server:
                  timeout: float | None = None, max_context: int | None = None):
         import onnxruntime_genai as og
 
-        self.tokenizer = og.Tokenizer(og.Config(str(model_dir)))
-        decoder = SlotDecoder(model_dir, adapters, max_batch, max_context)
+        if is_pipeline(json.loads((Path(model_dir) / "genai_config.json").read_text())):
+            decoder, prefix = OneSlot(model_dir, adapters, max_context), []  # an NPU pipeline: batch 1, its own cache
+            self.tokenizer = decoder.runtime.tokenizer
+        else:
+            decoder = SlotDecoder(model_dir, adapters, max_batch, max_context)
+            self.tokenizer = og.Tokenizer(og.Config(str(model_dir)))
+            prefix = self.template_prefix()
         self.names, self.context_length, self.timeout = list(adapters), decoder.context, timeout
         self.metrics = Metrics()
-        self.batcher = Batcher(decoder, decoder.eos, max_queue, self.metrics, prefix=self.template_prefix())
+        self.batcher = Batcher(decoder, decoder.eos, max_queue, self.metrics, prefix=prefix)
         self.metrics.watch(self.batcher)
 
     def models(self) -> list[str]:

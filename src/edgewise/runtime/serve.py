@@ -47,7 +47,7 @@ def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig
     config.check()
     server = Server(model_dir, adapters, config.max_batch, config.max_queue, config.timeout, config.max_context)
     log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json, metrics: /metrics); %d slots of %d tokens, "
-             "cache %.2f GiB", model_dir, config.host, config.port, config.max_batch, server.context_length,
+             "cache %.2f GiB", model_dir, config.host, config.port, server.batcher.decoder.slots, server.context_length,
              server.batcher.decoder.cache_bytes / 2**30)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
