@@ -79,9 +79,14 @@ def check_graph(model_path: Path) -> None:
             raise EdgewiseError(f"the exported graph does not check: {text}") from exc
 
 
+def _genai(model_dir: Path) -> dict:
+    path = Path(model_dir) / "genai_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {"model": {}}
+
+
 def lora_graph(model_dir: Path):
     """The graph whose inputs an adapter must match: model.onnx, or a decoder pipeline's prompt (context) graph."""
-    genai = json.loads((Path(model_dir) / "genai_config.json").read_text())
+    genai = _genai(model_dir)
     name = "model.onnx"
     if npu.is_pipeline(genai):
         name = genai["model"]["decoder"]["pipeline"][0]["context"]["filename"]
@@ -122,7 +127,7 @@ def check_pipeline(model_dir: Path, genai: dict) -> list[str]:
 
 def check_export(model_dir: Path) -> list[str]:
     """Run every structural check on an exported folder; the lines say what was checked."""
-    genai = json.loads((Path(model_dir) / "genai_config.json").read_text())
+    genai = _genai(model_dir)
     if npu.is_pipeline(genai):
         return check_pipeline(model_dir, genai)
     model_path = Path(model_dir) / "model.onnx"
