@@ -219,17 +219,17 @@ def _longrope_graph():
 def test_the_short_rope_branch_is_inlined_only_when_the_context_stays_short():
     import onnxruntime as ort
 
-    from edgewise.runtime.decoder import _short_rope_only
+    from edgewise.models.rope import short_rope_only
 
     def run(model, n):
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         return session.run(None, {"mask": np.ones((1, n), np.int64), "x": np.zeros((2, 3), np.float32)})[0]
 
     long_context = _longrope_graph()
-    assert not _short_rope_only(long_context.graph, context=5)  # past the short range: the If must stay
+    assert not short_rope_only(long_context.graph, context=5)  # past the short range: the If must stay
     assert [n.op_type for n in long_context.graph.node].count("If") == 1
     short = _longrope_graph()
-    assert _short_rope_only(short.graph, context=4)
+    assert short_rope_only(short.graph, context=4)
     assert "If" not in [n.op_type for n in short.graph.node] and "Greater" not in [n.op_type for n in short.graph.node]
     for n in (1, 4):
         assert np.array_equal(run(short, n), run(_longrope_graph(), n))

@@ -186,6 +186,23 @@ def test_convert_adapters_pads_to_the_fixed_rank(chain, tmp_path):
     assert {tuple(v.shape()) for k, v in params.items() if k.endswith("lora_A")} == {(64, 8)}
 
 
+def test_the_npu_export_is_cached_registered_and_pulled_whole(chain, tmp_path):
+    """The chain's guarantees hold: a second run is a cache hit, the manifest has the lineage with the compile
+    metrics, and a registry push/pull gives a folder that generates the same answer."""
+    from test_registry import reg
+
+    model, _, ft, cache = chain
+    again = engine.run_pass("export", ft, ExportConfig(**NPU), cache)
+    assert again.path / "model" == model
+    manifest = json.loads((model.parent / "edgewise.json").read_text())
+    assert [s["pass"] for s in manifest["lineage"]] == ["quantize", "finetune", "export"]
+    assert set(manifest["metrics"]["npu"]["compiled"]) == {"context", "iterator"}
+    assert reg(tmp_path / "reg", "push", str(model.parent), "--name", "npu").stdout.strip() == "npu@1"
+    assert reg(tmp_path / "reg", "pull", "npu@1", "--to", str(tmp_path / "got")).returncode == 0
+    got = runtime(tmp_path / "got" / "model").generate("Where to?", None, Sampling(max_new_tokens=5))
+    assert got == runtime(model).generate("Where to?", None, Sampling(max_new_tokens=5))
+
+
 def test_the_prompt_must_fit_the_compiled_context(chain):
     model, _, _, _ = chain
     rt = runtime(model)
@@ -253,3 +270,29 @@ def test_serve_runs_the_npu_model_with_its_adapter(chain):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_longrope_compiles_its_short_path_within_the_original_context(tmp_path):
+    """Phi-3.5's LongRoPE picks long or short factors with an If; HTP compiles one path, the short one while the
+    context stays within original_max_position_embeddings; past it the export is refused in one line."""
+    import transformers
+
+    folder = tiny_model("phi3", tmp_path / "phi3")
+    config = json.loads((folder / "config.json").read_text())
+    factors = [1.0 + i / 8 for i in range(8)]  # head_dim 16: 8 factors
+    key = "rope_parameters" if int(transformers.__version__.split(".")[0]) >= 5 else "rope_scaling"
+    config[key] = {**(config.get(key) or {}), "rope_type": "longrope", "type": "longrope",
+                   "long_factor": factors, "short_factor": [1.0] * 8}
+    config["original_max_position_embeddings"] = 128
+    (folder / "config.json").write_text(json.dumps(config))
+    art = engine.folder_artifact(folder)
+    model = engine.run_pass("export", art, ExportConfig(device="npu", context_length=128, prompt_window=8),
+                            tmp_path / "cache").path / "model"
+    cpu_model = engine.run_pass("export", art, ExportConfig(), tmp_path / "cache").path / "model"
+    rt_npu, rt_cpu = runtime(model), runtime(cpu_model)
+    ids = list(rt_cpu.tokenizer.encode(PROMPT))
+    npu_logits, tokens = greedy_logits(rt_npu, ids)
+    assert_close(forced_logits(rt_cpu, ids, tokens), npu_logits)
+    with pytest.raises(EdgewiseError, match="switches to its long factors within --context_length 256"):
+        engine.run_pass("export", art, ExportConfig(device="npu", context_length=256, prompt_window=8),
+                        tmp_path / "cache")

@@ -24,7 +24,9 @@ EXAMPLES = {
     "auto-opt": """examples:
   edgewise auto-opt --model_name_or_path models/ft/model --adapter_path models/ft/adapter \\
       --device cpu --provider CPUExecutionProvider --use_ort_genai --output_path models/onnx
-  edgewise auto-opt --model_name_or_path models/awq --lora_targets q_proj,v_proj --output_path models/onnx""",
+  edgewise auto-opt --model_name_or_path models/awq --lora_targets q_proj,v_proj --output_path models/onnx
+  edgewise auto-opt --model_name_or_path models/ft --device npu --provider QNNExecutionProvider \\
+      --context_length 1024 --output_path models/npu      # Snapdragon HTP (X Elite defaults: --soc_model 60)""",
     "convert-adapters": """examples:
   edgewise convert-adapters --model models/onnx/model --adapter_path legal=models/ft-legal/adapter \\
       --output_path models/onnx/adapters""",

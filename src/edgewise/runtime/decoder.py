@@ -18,6 +18,7 @@ import onnx
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
 from edgewise.models.checks import check_adapter, lora_inputs
+from edgewise.models.rope import short_rope_only
 from edgewise.models.targets import target_of
 
 _EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
@@ -118,34 +119,6 @@ def _last_position_only(graph, logits: str) -> None:
             out.type.tensor_type.shape.dim[1].dim_value = 1
 
 
-def _short_rope_only(graph, context: int) -> bool:
-    """The builder's LongRoPE chooses between its short and long cos/sin caches with an If on the sequence length
-    (Greater than the original context). A decoder whose context never passes that length takes the short branch
-    once and for all: the If goes (onnxruntime captures no CUDA graph of a model with control flow). False where an
-    If stays."""
-    producers = {out: node for node in graph.node for out in node.output}
-    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer  # small ones are inline
-                 if i.data_location != onnx.TensorProto.EXTERNAL}
-    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
-    for node in [n for n in graph.node if n.op_type == "If"]:
-        test = producers.get(node.input[0])
-        limit = constants.get(test.input[1]) if test is not None and test.op_type == "Greater" else None
-        if limit is None or limit.size != 1 or context > int(limit):
-            return False
-        branch = next(a.g for a in node.attribute if a.name == "else_branch")
-        at = list(graph.node).index(node)
-        inlined = [*branch.node, *(onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name}/short/{o}")
-                                   for b, o in zip(branch.output, node.output))]
-        graph.node.remove(node)
-        for offset, new in enumerate(inlined):
-            graph.node.insert(at + offset, new)
-        graph.initializer.extend(branch.initializer)
-        if not any(test.output[0] in n.input for n in graph.node):
-            graph.node.remove(test)
-    return True
-
-
 def _types(graph) -> dict[str, np.dtype]:
     return {v.name: _NUMPY.get(v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)}
 
@@ -173,7 +146,7 @@ class SlotDecoder:
         _batch_major(graph_model.graph)
         _last_position_only(graph_model.graph, self.names["logits"])
         # CUDA graphs: each decode batch size is captured once and replayed, every input at a fixed address
-        self.graphs = self.device == "cuda" and graphs and _short_rope_only(graph_model.graph, self.context)
+        self.graphs = self.device == "cuda" and graphs and short_rope_only(graph_model.graph, self.context)
         self.session = self._session(graph_model, decoder.get("session_options", {}))
         kv_shape = (slots, self.kv_heads, self.context, self.head_size)
         kv_type = self.types[self.names["past_key_names"] % 0]

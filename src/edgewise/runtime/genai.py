@@ -98,8 +98,6 @@ class Runtime:
 
     @functools.cached_property
     def lora_inputs(self) -> dict:
-        import onnx
-
         return lora_inputs(lora_graph(self.model_dir))
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:

@@ -69,9 +69,9 @@ def quiet_stdout():
 
 
 def runtime_options(soc_model: int, htp_arch: int) -> dict[str, str]:
-    """What a session of the compiled model needs (recorded in genai_config.json): the HTP backend (found beside the
-    provider library), the chip, and fp16 math for float tensors."""
-    return {"backend_path": "libQnnHtp.so", "htp_performance_mode": "burst", "soc_model": str(soc_model),
+    """What a session of the compiled model needs (recorded in genai_config.json): the HTP backend by type (the
+    plugin finds its own libQnnHtp.so or QnnHtp.dll), the chip, and fp16 math for float tensors."""
+    return {"backend_type": "htp", "htp_performance_mode": "burst", "soc_model": str(soc_model),
             "htp_arch": str(htp_arch), "enable_htp_fp16_precision": "1"}
 
 
@@ -83,7 +83,7 @@ def _session_options(options: dict[str, str], config: dict[str, str]):
     session.log_severity_level = 3
     for key, value in config.items():
         session.add_session_config_entry(key, value)
-    session.add_provider_for_devices(devices, {**options, "backend_path": _plugin().get_qnn_htp_path()})
+    session.add_provider_for_devices(devices, options)
     return session
 
 

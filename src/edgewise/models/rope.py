@@ -1,0 +1,32 @@
+"""Graph edits of the builder's rotary embeddings that hold for a bounded context."""
+from __future__ import annotations
+
+import onnx
+
+
+def short_rope_only(graph, context: int) -> bool:
+    """The builder's LongRoPE chooses between its short and long cos/sin caches with an If on the sequence length
+    (Greater than the original context). A decoder whose context never passes that length takes the short branch
+    once and for all: the If goes (onnxruntime captures no CUDA graph of a model with control flow). False where an
+    If stays."""
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer  # small ones are inline
+                 if i.data_location != onnx.TensorProto.EXTERNAL}
+    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    for node in [n for n in graph.node if n.op_type == "If"]:
+        test = producers.get(node.input[0])
+        limit = constants.get(test.input[1]) if test is not None and test.op_type == "Greater" else None
+        if limit is None or limit.size != 1 or context > int(limit):
+            return False
+        branch = next(a.g for a in node.attribute if a.name == "else_branch")
+        at = list(graph.node).index(node)
+        inlined = [*branch.node, *(onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name}/short/{o}")
+                                   for b, o in zip(branch.output, node.output))]
+        graph.node.remove(node)
+        for offset, new in enumerate(inlined):
+            graph.node.insert(at + offset, new)
+        graph.initializer.extend(branch.initializer)
+        if not any(test.output[0] in n.input for n in graph.node):
+            graph.node.remove(test)
+    return True
