@@ -70,6 +70,27 @@ def test_cuda_export_with_an_adapter_runs_in_onnxruntime_genai_cuda(tiny_llama, 
     assert answers["tuned"] != answers[None] and answers["zero"] == answers[None]
 
 
+def test_a_bounded_cuda_export_captures_cuda_graphs_and_follows_the_adapter(tiny_llama, cache, tiny_data):
+    """--context_length on a CUDA export turns on onnxruntime-genai's CUDA graph capture: the greedy tokens with the
+    adapter on, off, on (a new generator each) equal those of the same export without graphs."""
+    from edgewise.models import onnx_lora
+    from edgewise.passes.export import ExportConfig
+    from edgewise.runtime.genai import Runtime, RuntimeMissing
+    from edgewise.runtime.sampling import Sampling
+
+    ft = engine.run_pass("finetune", engine.folder_artifact(tiny_llama), FinetuneConfig(
+        data_files=str(tiny_data), max_steps=8, lora_r=4, learning_rate=0.05), cache)
+    bounded = engine.run_pass("export", ft, ExportConfig(device="cuda", context_length=128), cache).path / "model"
+    plain = engine.run_pass("export", ft, ExportConfig(device="cuda"), cache).path / "model"
+    try:
+        runs = [Runtime(m, {"tuned": m / onnx_lora.ADAPTER_FILE}) for m in (bounded, plain)]
+    except RuntimeMissing:
+        pytest.skip("onnxruntime-genai-cuda is not installed")
+    ids = runs[1].prompt_ids([{"role": "user", "content": "Where should I go in city 3?"}])
+    tokens = [[list(rt.stream_tokens(ids, name, Sampling(8))) for name in ("tuned", None, "tuned")] for rt in runs]
+    assert tokens[0] == tokens[1] and tokens[0][0] != tokens[0][1]
+
+
 def test_the_serving_engine_on_cuda_replays_graphs_per_batch_and_follows_each_rows_adapter(tiny_llama, cache,
                                                                                             tiny_data):
     """The batching server's decoder on the CUDA export: CUDA graphs (one per batch size) replay with the adapter

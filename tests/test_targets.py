@@ -81,3 +81,29 @@ def test_lora_inputs_of_another_type_than_the_graph_fail_the_checks(finetuned, t
     onnx.save_model(proto, broken / "model.onnx", save_as_external_data=True, location="model.onnx.data")
     with pytest.raises(EdgewiseError, match="the exported graph does not check|LoRA input .* is float, but"):
         check_export(broken)
+
+
+def test_a_bounded_context_drops_longrope_control_flow_and_turns_on_cuda_graphs(tmp_path):
+    """--context_length within a LongRoPE model's original length: the If that picks long or short factors goes,
+    genai_config says the context, and a CUDA export turns on graph capture; past the original, one line."""
+    import transformers
+    from conftest import tiny_model
+
+    folder = tiny_model("phi3", tmp_path / "phi3")
+    config = json.loads((folder / "config.json").read_text())
+    key = "rope_parameters" if int(transformers.__version__.split(".")[0]) >= 5 else "rope_scaling"
+    config[key] = {**(config.get(key) or {}), "rope_type": "longrope", "type": "longrope",
+                   "long_factor": [1.0 + i / 8 for i in range(8)], "short_factor": [1.0] * 8}
+    config["original_max_position_embeddings"] = 128
+    (folder / "config.json").write_text(json.dumps(config))
+    art = engine.folder_artifact(folder)
+    full = engine.run_pass("export", art, ExportConfig(device="cuda"), tmp_path / "cache").path / "model"
+    assert "If" in {n.op_type for n in onnx.load(full / "model.onnx", load_external_data=False).graph.node}
+    model = engine.run_pass("export", art, ExportConfig(device="cuda", context_length=100), tmp_path / "cache")
+    model = model.path / "model"
+    assert "If" not in {n.op_type for n in onnx.load(model / "model.onnx", load_external_data=False).graph.node}
+    genai = json.loads((model / "genai_config.json").read_text())
+    assert genai["model"]["context_length"] == genai["search"]["max_length"] == 100
+    assert genai["model"]["decoder"]["session_options"]["provider_options"][0]["cuda"]["enable_cuda_graph"] == "1"
+    with pytest.raises(EdgewiseError, match="switches to its long factors within --context_length 200"):
+        engine.run_pass("export", art, ExportConfig(device="cuda", context_length=200), tmp_path / "cache")

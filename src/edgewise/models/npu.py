@@ -101,7 +101,7 @@ def split(model: onnx.ModelProto, decoder: dict, vocab: int, window: int, contex
     """The four pipeline graphs (PARTS) from the builder's CPU model (with edgewise's LoRA inputs, if any)."""
     if not short_rope_only(model.graph, context) or any(n.op_type in ("If", "Loop") for n in model.graph.node):
         raise EdgewiseError(f"this model's rotary embedding switches to its long factors within --context_length "
-                            f"{context}; HTP compiles one path: use a --context_length up to its original_max_position_embeddings")
+                            f"{context}: HTP compiles one path; use a context up to its original_max_position_embeddings")
     cut = Layout(model, decoder)
     graph = model.graph
     parts = {"embeddings": _embeddings(model, cut, vocab),

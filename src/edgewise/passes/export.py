@@ -35,7 +35,8 @@ class ExportConfig:
         "help": "bits of the output head and tied embedding in int4 models", "choices": (4, 8)})
     threads: int = field(default=0, metadata={"help": "intra-op threads in genai_config (0: this machine's cores)"})
     context_length: int = field(default=0, metadata={
-        "help": "npu: the compiled context, prompt and answer together (0: the model's, at most 2048)"})
+        "help": "the longest prompt + answer (0: the model's; npu: at most 2048); within a LongRoPE model's original "
+                "length only its short rotary path is kept (no If node: CUDA graphs can be captured)"})
     prompt_window: int = field(default=64, metadata={"help": "npu: prompt tokens per run of the context graph"})
     lora_rank: int = field(default=0, metadata={
         "help": "npu: the fixed rank of the LoRA inputs; smaller adapters are zero-padded (0: the adapter's, or 16)"})
@@ -175,6 +176,8 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     repair_shared_head(model)
     layout = onnx_lora.add_lora_inputs(model, targets, hf_config) if targets else {}
     metrics = {"lora_targets": sorted(targets)}
+    if config.context_length and not npu:
+        bound_context(model, built, config.context_length, target_for(config.device, config.provider))
     if npu:
         rank = npu_lora_rank(adapter, layout, hf_config, config.lora_rank)
         for entry in layout.values():
@@ -190,6 +193,25 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     (model_dir / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=2))
     validate(model_dir, config)
     return metrics
+
+
+def bound_context(model, model_dir: Path, context: int, target) -> None:
+    """A model that never runs past `context` tokens: genai_config says so, and a LongRoPE model keeps only the
+    short path of its rotary cache selection (the If goes). A graph without control flow lets onnxruntime-genai
+    capture CUDA graphs, which a CUDA model then turns on."""
+    from edgewise.models.rope import short_rope_only
+
+    if not short_rope_only(model.graph, context):
+        raise EdgewiseError(f"this model's rotary embedding switches to its long factors within --context_length "
+                            f"{context}: use a context up to its original_max_position_embeddings, or 0")
+    path = model_dir / "genai_config.json"
+    cfg = json.loads(path.read_text())
+    context = min(context, int(cfg["model"]["context_length"]))
+    cfg["model"]["context_length"] = cfg["search"]["max_length"] = context
+    for entry in cfg["model"]["decoder"].get("session_options", {}).get("provider_options", []):
+        if target.device == "cuda" and "cuda" in entry:
+            entry["cuda"]["enable_cuda_graph"] = "1"
+    path.write_text(json.dumps(cfg, indent=4))
 
 
 def npu_lora_rank(adapter: Path | None, layout: dict, hf_config, asked: int) -> int:
