@@ -296,3 +296,28 @@ def test_longrope_compiles_its_short_path_within_the_original_context(tmp_path):
     with pytest.raises(EdgewiseError, match="switches to its long factors within --context_length 256"):
         engine.run_pass("export", art, ExportConfig(device="npu", context_length=256, prompt_window=8),
                         tmp_path / "cache")
+
+
+def test_evaluators_run_on_the_npu_model(chain, tiny_data):
+    """size, perplexity (adapter on and off), quality and latency on the NPU export; perplexity within the fp16
+    tolerance of the CPU int4 export's."""
+    from edgewise.engine.evaluate import evaluate
+    from edgewise.evaluators.latency import LatencyConfig
+    from edgewise.evaluators.perplexity import PerplexityConfig
+    from edgewise.evaluators.quality import QualityConfig
+
+    model, cpu_model, _, cache = chain
+    npu_art, cpu_art = engine.folder_artifact(model.parent), engine.folder_artifact(cpu_model.parent)
+    ppl = PerplexityConfig(data_files=str(tiny_data), max_samples=4, seq_len=48)
+    on, cpu_on = (evaluate(a, "perplexity", ppl, cache)["perplexity"] for a in (npu_art, cpu_art))
+    off = evaluate(npu_art, "perplexity", PerplexityConfig(data_files=str(tiny_data), max_samples=4, seq_len=48,
+                                                           adapter=False), cache)["perplexity"]
+    assert abs(on - cpu_on) / cpu_on < 0.05 and abs(on - off) > 1e-2
+    from edgewise.evaluators.size import SizeConfig
+
+    assert evaluate(npu_art, "size", SizeConfig(), cache)["size_mb"] > 0
+    speed = evaluate(npu_art, "latency", LatencyConfig(prompt_tokens=16, gen_tokens=4, runs=1), cache)
+    assert speed["decode_tok_s"] > 0
+    quality = evaluate(npu_art, "quality", QualityConfig(data_files=str(tiny_data), max_samples=2, max_new_tokens=4),
+                       cache)
+    assert quality["answers"] == 2

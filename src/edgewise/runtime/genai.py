@@ -125,12 +125,12 @@ class Runtime:
 
     def _pipeline_lora(self, adapter: str | None) -> dict:
         """A compiled pipeline has fixed LoRA inputs: the adapter's tensors, or zeros (the base) without one."""
-        if adapter is not None:
-            return self.tensors[adapter]
-        if not hasattr(self, "_zeros"):
-            types = {"float": np.float32, "float16": np.float16}
-            self._zeros = {name: np.zeros(dims, types[dtype]) for name, (dtype, dims) in self.lora_inputs.items()}
-        return self._zeros
+        return self.tensors[adapter] if adapter is not None else self._zero_lora
+
+    @functools.cached_property
+    def _zero_lora(self) -> dict:
+        types = {"float": np.float32, "float16": np.float16}
+        return {name: np.zeros(dims, types[dtype]) for name, (dtype, dims) in self.lora_inputs.items()}
 
     def all_logits(self, ids: list[int], adapter: str | None = None) -> np.ndarray:
         """The logits at every position of `ids` ([len(ids), vocab]). A pipeline's head sees only the last window
