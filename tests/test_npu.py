@@ -102,6 +102,8 @@ def test_the_npu_export_is_a_decoder_pipeline_compiled_for_htp(chain):
         assert shapes["past_key_values.0.key"] == [1, 2, 64, 16]
         assert shapes[graph.input[0].name] == [1, 8 if name == "context" else 1, 64]
         assert shapes["model.layers.0.attn.qkv_proj.lora_A"] == [64, 8]  # q and v at rank 4 each: 8, fixed
+        types = {i.type.tensor_type.elem_type for i in graph.input if i.name not in (npu.PAST, npu.TOTAL)}
+        assert types == {onnx.TensorProto.FLOAT16}  # embeddings, cache and LoRA inputs: the body is fp16
     for name in ("embeddings", "lm_head"):
         assert stages[name]["session_options"]["provider_options"] == []
 

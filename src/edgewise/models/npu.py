@@ -1,10 +1,13 @@
 """The NPU target's graphs: the builder's CPU model rewritten as an ONNX Runtime GenAI decoder pipeline for Qualcomm
 HTP (onnxruntime's QNN execution provider), with the same MatMulNBits integers and LoRA inputs as the CPU model.
 
-    embeddings (CPU)  input_ids -> inputs_embeds        the int8/float table and its Gather stay on the CPU
+    embeddings (CPU)  input_ids -> fp16 inputs_embeds   the int8/float table and its Gather stay on the CPU
     context    (HTP)  a window of `window` prompt tokens  static shapes: [1, window] in, KV [1, kv_heads, context, D]
     iterator   (HTP)  one generated token               the same body at [1, 1]
-    lm_head    (CPU)  hidden -> logits                  a 49k-row head does not fit HTP's memory
+    lm_head    (CPU)  fp16 hidden -> logits             a 49k-row head does not fit HTP's memory
+
+The body is fp16 throughout (inputs, cache, LoRA inputs, scales and norms): HTP computes in fp16, and fp16 at the
+boundary halves the cache and what crosses between CPU and NPU.
 
 The body takes `past_sequence_length` ([1, 1], the last position's index) and `total_sequence_length` ([1]) straight
 into GroupQueryAttention, as onnxruntime-genai feeds them to a windowed pipeline (no attention mask; the cache is
@@ -104,10 +107,7 @@ def split(model: onnx.ModelProto, decoder: dict, vocab: int, window: int, contex
                             f"{context}: HTP compiles one path; use a context up to its original_max_position_embeddings")
     cut = Layout(model, decoder)
     graph = model.graph
-    parts = {"embeddings": _embeddings(model, cut, vocab),
-             "lm_head": _model(model, _slice(graph, [cut.head.output[0]], {cut.hidden}),
-                               [_tensor(cut.hidden, cut.elem, [1, "sequence_length", cut.hidden_size])],
-                               [_tensor("logits", cut.elem, [1, "sequence_length", vocab])], "lm_head")}
+    parts = {"embeddings": _embeddings(model, cut, vocab), "lm_head": _head(model, cut, vocab)}
     body = _slice(graph, [cut.hidden, *cut.present], {cut.embeds, *cut.lengths, *cut.past})
     lora = {value.name: _lora_shape(value, rank) for value in cut.lora}
     for name, length in (("context", window), ("iterator", 1)):
@@ -122,19 +122,54 @@ def split(model: onnx.ModelProto, decoder: dict, vocab: int, window: int, contex
                   *[_tensor(n, cut.elem, shape) for n, shape in lora.items()]]
         outputs = [_tensor(cut.hidden, cut.elem, [1, length, cut.hidden_size]),
                    *[_tensor(p, cut.elem, kv) for p in cut.present]]
-        parts[name] = _model(model, nodes, inputs, outputs, name)
+        parts[name] = _half(_model(model, nodes, inputs, outputs, name))
     return parts
 
 
+def _half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The body in fp16, inputs, cache and weights' scales included (HTP computes in fp16 anyway; fp16 at the
+    boundary halves the cache and what crosses to the NPU); the int4 integers are untouched."""
+    graph = model.graph
+    floats = [i for i in graph.initializer if i.data_type == TensorProto.FLOAT]
+    for init in floats:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16)))
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+    for value in (*graph.input, *graph.output):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    return model
+
+
+def _head(model, cut: Layout, vocab: int) -> onnx.ModelProto:
+    """fp16 hidden states -> logits: the head stays in the CPU model's type."""
+    nodes = [onnx.NodeProto.FromString(n.SerializeToString())
+             for n in _slice(model.graph, [cut.head.output[0]], {cut.hidden})]
+    for node in nodes:
+        node.input[:] = [f"{cut.hidden}/float" if name == cut.hidden else name for name in node.input]
+    cast = helper.make_node("Cast", [cut.hidden], [f"{cut.hidden}/float"], name="/npu/hidden_to_float", to=cut.elem)
+    return _model(model, [cast, *nodes], [_tensor(cut.hidden, TensorProto.FLOAT16, [1, "sequence_length",
+                                                                                      cut.hidden_size])],
+                  [_tensor("logits", cut.elem, [1, "sequence_length", vocab])], "lm_head")
+
+
 def _embeddings(model, cut: Layout, vocab: int) -> onnx.ModelProto:
-    """input_ids -> inputs_embeds, the padding id (vocab) clamped to a real row first."""
+    """input_ids -> fp16 inputs_embeds, the padding id (vocab) clamped to a real row first."""
     nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in _slice(model.graph, [cut.embeds], {IDS})]
     for node in nodes:
         node.input[:] = ["input_ids/clamped" if name == IDS else name for name in node.input]
+        node.output[:] = [f"{cut.embeds}/float" if name == cut.embeds else name for name in node.output]
     clamp = helper.make_node("Min", [IDS, "input_ids/last"], ["input_ids/clamped"], name="/npu/clamp_padding")
+    half = helper.make_node("Cast", [f"{cut.embeds}/float"], [cut.embeds], name="/npu/embeds_to_fp16",
+                            to=TensorProto.FLOAT16)
     last = numpy_helper.from_array(np.array(vocab - 1, np.int64), "input_ids/last")
-    return _model(model, [clamp, *nodes], [_tensor(IDS, TensorProto.INT64, [1, "sequence_length"])],
-                  [_tensor(cut.embeds, cut.elem, [1, "sequence_length", cut.hidden_size])], "embeddings", [last])
+    return _model(model, [clamp, *nodes, half], [_tensor(IDS, TensorProto.INT64, [1, "sequence_length"])],
+                  [_tensor(cut.embeds, TensorProto.FLOAT16, [1, "sequence_length", cut.hidden_size])], "embeddings",
+                  [last])
 
 
 def genai_config(cpu_config: dict, parts: dict, files: dict, window: int, context: int, htp_options: dict) -> dict:

@@ -180,8 +180,8 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
         bound_context(model, built, config.context_length, target_for(config.device, config.provider))
     if npu:
         rank = npu_lora_rank(adapter, layout, hf_config, config.lora_rank)
-        for entry in layout.values():
-            entry["rank"] = rank  # compiled graphs have static shapes: every adapter is padded to this rank
+        for entry in layout.values():  # compiled graphs have static shapes: every adapter is padded to this rank
+            entry.update(rank=rank, dtype="float16")
         metrics["npu"] = export_npu(model, built, model_dir, config, rank, work)
     else:
         save_onnx(model, model_dir / "model.onnx")

@@ -96,6 +96,8 @@ def compile_for_htp(src: Path, out: Path, options: dict[str, str], work: Path) -
     affinity.write_text(json.dumps({"op_type": {"GroupQueryAttention": "htp"}}))
     config = {"session.disable_cpu_ep_fallback": "1", "ep.context_enable": "1", "ep.context_embed_mode": "0",
               "ep.context_file_path": str(out)}
+    for old in (out, *out.parent.glob(f"{out.stem}*.bin")):  # onnxruntime refuses to overwrite an EPContext model
+        old.unlink(missing_ok=True)
     start = time.monotonic()
     try:
         with quiet_stdout():
