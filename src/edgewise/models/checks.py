@@ -97,7 +97,7 @@ def check_pipeline(model_dir: Path, genai: dict) -> list[str]:
     """A decoder pipeline: its CPU graphs resolve, each compiled graph has its context binaries, the LoRA inputs
     have the activations' type (the cache's) and every adapter matches them."""
     parts = genai["model"]["decoder"]["pipeline"][0]
-    compiled = []
+    compiled = {}
     for name, part in parts.items():
         path = Path(model_dir) / part["filename"]
         if not part["session_options"]["provider_options"]:
@@ -108,8 +108,8 @@ def check_pipeline(model_dir: Path, genai: dict) -> list[str]:
             for attr in (a for a in node.attribute if a.name == "ep_cache_context"):
                 if not (path.parent / attr.s.decode()).is_file():
                     raise EdgewiseError(f"{path.name}: its context binary {attr.s.decode()} is missing")
-        compiled.append(name)
-    graph = lora_graph(model_dir)
+        compiled[name] = graph
+    graph = compiled["context"]  # the graph adapters match (lora_graph's)
     inputs = lora_inputs(graph)
     cache = onnx_lora.type_name(graph.input[0].type.tensor_type.elem_type)  # the input embeddings
     wrong = [name for name, (dtype, _) in inputs.items() if dtype != cache]

@@ -22,9 +22,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgewise.core.errors import EdgewiseError
-from edgewise.models.rope import short_rope_only
+from edgewise.models.rope import require_short_rope
 
-PARTS = ("embeddings", "context", "iterator", "lm_head")
 ON_HTP = ("context", "iterator")
 IDS, PAST, TOTAL = "input_ids", "past_sequence_length", "total_sequence_length"
 
@@ -83,7 +82,7 @@ class Layout:
         if len(heads) != 1 or not attention or not first_norm:
             raise EdgewiseError("the NPU pipeline needs the builder's decoder graph (one lm_head, GroupQueryAttention"
                                 " layers); this export has another layout")
-        self.head, self.attention = heads[0], attention
+        self.head = heads[0]
         self.embeds, self.hidden = first_norm[0].input[0], heads[0].input[0]
         self.lengths = set(attention[0].input[5:7])
         layers = decoder["num_hidden_layers"]
@@ -101,10 +100,8 @@ def _lora_shape(value, rank: int) -> list[int]:
 
 
 def split(model: onnx.ModelProto, decoder: dict, vocab: int, window: int, context: int, rank: int) -> dict:
-    """The four pipeline graphs (PARTS) from the builder's CPU model (with edgewise's LoRA inputs, if any)."""
-    if not short_rope_only(model.graph, context) or any(n.op_type in ("If", "Loop") for n in model.graph.node):
-        raise EdgewiseError(f"this model's rotary embedding switches to its long factors within --context_length "
-                            f"{context}: HTP compiles one path; use a context up to its original_max_position_embeddings")
+    """The four pipeline graphs (embeddings, context, iterator, lm_head) from the builder's CPU model (with edgewise's LoRA inputs, if any)."""
+    require_short_rope(model.graph, context)
     cut = Layout(model, decoder)
     graph = model.graph
     parts = {"embeddings": _embeddings(model, cut, vocab), "lm_head": _head(model, cut, vocab)}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import onnx
 
+from edgewise.core.errors import EdgewiseError
+
 
 def short_rope_only(graph, context: int) -> bool:
     """The builder's LongRoPE chooses between its short and long cos/sin caches with an If on the sequence length
@@ -30,3 +32,12 @@ def short_rope_only(graph, context: int) -> bool:
         if not any(test.output[0] in n.input for n in graph.node):
             graph.node.remove(test)
     return True
+
+
+def require_short_rope(graph, context: int) -> None:
+    """A graph bounded to `context` tokens must lose its control flow (HTP compiles one path; CUDA graphs need none):
+    the LongRoPE If inlined to its short branch, or one line saying why it cannot be."""
+    if not short_rope_only(graph, context) or any(n.op_type in ("If", "Loop") for n in graph.node):
+        raise EdgewiseError(f"this model's rotary embedding switches to its long factors within --context_length "
+                            f"{context}: a bounded model keeps one path; use a context up to its "
+                            "original_max_position_embeddings, or 0")

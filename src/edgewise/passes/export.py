@@ -168,7 +168,8 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     hf_config = read_config(base)
     targets = lora_target_set(adapter, config)
     model_dir = out / MODEL
-    npu = target_for(config.device, config.provider).device == "npu"
+    target = target_for(config.device, config.provider)
+    npu = target.device == "npu"
     built = work / "cpu-model" if npu else model_dir  # the NPU pipeline is cut from the CPU model
     run_builder(builder_input(base, config.precision, work), built, config, work)
     set_threads(built, config.threads)
@@ -177,7 +178,7 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     layout = onnx_lora.add_lora_inputs(model, targets, hf_config) if targets else {}
     metrics = {"lora_targets": sorted(targets)}
     if config.context_length and not npu:
-        bound_context(model, built, config.context_length, target_for(config.device, config.provider))
+        bound_context(model, built, config.context_length, target)
     if npu:
         rank = npu_lora_rank(adapter, layout, hf_config, config.lora_rank)
         for entry in layout.values():  # compiled graphs have static shapes: every adapter is padded to this rank
@@ -199,11 +200,9 @@ def bound_context(model, model_dir: Path, context: int, target) -> None:
     """A model that never runs past `context` tokens: genai_config says so, and a LongRoPE model keeps only the
     short path of its rotary cache selection (the If goes). A graph without control flow lets onnxruntime-genai
     capture CUDA graphs, which a CUDA model then turns on."""
-    from edgewise.models.rope import short_rope_only
+    from edgewise.models.rope import require_short_rope
 
-    if not short_rope_only(model.graph, context):
-        raise EdgewiseError(f"this model's rotary embedding switches to its long factors within --context_length "
-                            f"{context}: use a context up to its original_max_position_embeddings, or 0")
+    require_short_rope(model.graph, context)
     path = model_dir / "genai_config.json"
     cfg = json.loads(path.read_text())
     context = min(context, int(cfg["model"]["context_length"]))

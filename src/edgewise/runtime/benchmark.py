@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
-from edgewise.models import npu
 from edgewise.runtime.genai import Runtime
 
 
@@ -46,7 +45,7 @@ def one_run(runtime: Runtime, ids: list[int], gen_tokens: int, adapter: str | No
     """Seconds to the first token, then the seconds of each further token."""
     start = time.perf_counter()
     runtime.check_room(len(ids), gen_tokens)
-    total = (npu.padded_length(len(ids), runtime.window) if runtime.pipeline else len(ids)) + gen_tokens
+    total = runtime.prompt_span(len(ids)) + gen_tokens
     generator = runtime.generator(total, adapter, do_sample=False, min_length=total)
     generator.append_tokens(ids)
     generator.generate_next_token()

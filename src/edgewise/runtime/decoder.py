@@ -20,6 +20,7 @@ from edgewise.core.log import log
 from edgewise.models.checks import check_adapter, lora_inputs
 from edgewise.models.rope import short_rope_only
 from edgewise.models.targets import target_of
+from edgewise.runtime.genai import eos_ids
 
 _EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 _NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -161,8 +162,7 @@ class SlotDecoder:
         self._uploads = _Uploads(list(self.lora_rows.values())) if self.lora_rows and self.device != "cpu" else None
         self.slot_adapter: list[str | None] = [None] * slots
         self.vocab = int(config["model"]["vocab_size"])
-        eos = config["model"]["eos_token_id"]
-        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.eos = eos_ids(config)
         self.logits = np.zeros((slots, 1, self.vocab), self.types[self.names["logits"]])
         self._bindings: dict = {}
         self._no_graph = self._prompt_options()

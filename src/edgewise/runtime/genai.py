@@ -28,6 +28,12 @@ def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer.encode(text))
 
 
+def eos_ids(genai_config: dict) -> set[int]:
+    """The end-of-sequence ids of a genai_config.json (one id or a list)."""
+    eos = genai_config["model"]["eos_token_id"]
+    return set(eos if isinstance(eos, list) else [eos])
+
+
 def _register_qnn(model_dir: Path, target):
     """The QNN plugin registered with onnxruntime-genai; the context in which its libraries load."""
     from edgewise.runtime import qnn
@@ -61,6 +67,7 @@ class Runtime:
         try:
             genai_config = json.loads((model_dir / "genai_config.json").read_text())
             self.context_length = int(genai_config["model"]["context_length"])
+            self.vocab_size, self.eos = int(genai_config["model"]["vocab_size"]), eos_ids(genai_config)
             target = target_of(genai_config)
             self.pipeline, self.window = npu.is_pipeline(genai_config), npu.window_of(genai_config)
             if self.pipeline:
@@ -145,9 +152,13 @@ class Runtime:
             rows.append(np.asarray(generator.get_output("logits"))[0, :len(chunk)])
         return np.concatenate(rows)
 
+    def prompt_span(self, prompt: int) -> int:
+        """Positions a prompt of `prompt` tokens takes in the sequence: a pipeline pads it to whole windows."""
+        return npu.padded_length(prompt, self.window) if self.pipeline else prompt
+
     def check_room(self, prompt: int, new_tokens: int) -> None:
-        """A pipeline's sequence holds the prompt padded to whole windows, then the answer."""
-        used = npu.padded_length(prompt, self.window) if self.pipeline else prompt
+        """The prompt's span and the answer fit the context."""
+        used = self.prompt_span(prompt)
         if used + new_tokens > self.context_length:
             raise EdgewiseError(f"the prompt ({prompt} tokens{', padded to ' + str(used) if used != prompt else ''}) "
                                 f"and {new_tokens} new tokens exceed the model's context of {self.context_length}")

@@ -4,7 +4,6 @@ turns in its one slot; sampling stays the engine's (each step's chosen token is 
 candidate, so the runtime's greedy search appends exactly it)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,7 @@ class OneSlot:
         self.adapters = set(self.runtime.names)
         self.context = min(context or self.runtime.context_length, self.runtime.context_length)
         self.prefill_chunk = self.context  # a pipeline pads each append to whole windows: one append per prompt
-        model = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
-        eos, self.vocab = model["eos_token_id"], int(model["vocab_size"])
-        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.eos = self.runtime.eos
         self.adapter: str | None = None
         self.generator = None
 
@@ -41,7 +38,7 @@ class OneSlot:
         return np.array(self.generator.get_logits(), np.float32).reshape(-1)
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        chosen = np.full((1, self.vocab), -1e30, np.float32)
+        chosen = np.full((1, self.runtime.vocab_size), -1e30, np.float32)
         chosen[0, int(tokens[0])] = 0.0
         self.generator.set_logits(chosen)
         self.generator.generate_next_token()
