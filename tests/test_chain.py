@@ -74,6 +74,29 @@ def test_export_keeps_the_exact_int4_values(tiny, cache, tiny_data):
             assert np.array_equal(ints, ours), node.name
             checked += 1
     assert checked >= 6
+    mlp = {m[1] for n in graph.graph.node if (m := re.match(r"/model/layers\.\d+/mlp/(\w+_proj)/", n.name))}
+    assert mlp == {"gate_up_proj", "down_proj"}  # the CPU export fuses a separate gate and up (Phi-3 ships them so)
+
+
+def test_fused_gate_up_gives_the_same_logits_with_and_without_its_adapter(tiny_llama, tmp_path, tiny_data,
+                                                                          monkeypatch):
+    from edgewise.models import fusion
+
+    cache = tmp_path / "cache"
+    ft = finetuned(quantized(tiny_llama, cache, tiny_data), cache, tiny_data, target_modules="gate_proj,up_proj,q_proj")
+    art = engine.folder_artifact(ft.path / "model")
+    config = ExportConfig(adapter_path=str(ft.path / "adapter"))
+    fused = engine.run_pass("export", art, config, cache).path / "model"
+    monkeypatch.setattr(fusion, "fuse_gate_up", lambda model: 0)
+    plain = engine.run_pass("export", art, config, tmp_path / "plain").path / "model"
+    names = {json.dumps(sorted(json.loads((d / "lora_layout.json").read_text()))) for d in (fused, plain)}
+    assert len(names) == 2 and "gate_up_proj" in next(n for n in names if "gate_up" in n)
+    ids = list(range(3, 40))
+    for adapter in (None, "travel"):
+        logits = [Runtime(d, {"travel": d / ADAPTER_FILE}).all_logits(ids, adapter) for d in (fused, plain)]
+        assert np.array_equal(*logits), adapter
+    tuned = Runtime(fused, {"travel": fused / ADAPTER_FILE})
+    assert not np.array_equal(tuned.all_logits(ids, "travel"), tuned.all_logits(ids, None))
 
 
 def _greedy_torch(model, ids, n):

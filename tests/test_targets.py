@@ -34,6 +34,10 @@ def test_gpu_exports_with_an_adapter_pass_the_structural_checks(finetuned, devic
     assert inputs and {dtype for dtype, _ in inputs.values()} == {"float16"}
     assert {e["dtype"] for e in json.loads((model / onnx_lora.LAYOUT).read_text()).values()} == {"float16"}
     assert len(check_export(model)) == 3
+    defaults = [i for i in graph.initializer if i.name.endswith((".lora_A", ".lora_B"))]
+    ranks = {d.dims[1] if d.name.endswith(".lora_A") else d.dims[0] for d in defaults}
+    assert ranks == ({0} if device == "cuda" else {1})  # WebGPU binds no empty tensor: one column of zeros there
+    assert not any(onnx.numpy_helper.to_array(d).any() for d in defaults)
     provider = json.loads((model / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert device in provider["provider_options"][0]
 
@@ -107,3 +111,13 @@ def test_a_bounded_context_drops_longrope_control_flow_and_turns_on_cuda_graphs(
     assert genai["model"]["decoder"]["session_options"]["provider_options"][0]["cuda"]["enable_cuda_graph"] == "1"
     with pytest.raises(EdgewiseError, match="switches to its long factors within --context_length 200"):
         engine.run_pass("export", art, ExportConfig(device="cuda", context_length=200), tmp_path / "cache")
+
+
+@pytest.mark.parametrize("device", ["dml", "webgpu"])
+def test_serving_a_model_for_a_runtime_this_machine_lacks_is_one_line(finetuned, device, tmp_path):
+    art, cache = finetuned
+    model = engine.run_pass("export", art, ExportConfig(device=device), cache).path / "model"
+    done = edgewise("serve", str(model), "--port", "0")  # never batched on the CPU: genai, which lacks the provider
+    provider = {"dml": "DmlExecutionProvider", "webgpu": "WebGpuExecutionProvider"}[device]
+    assert_user_error(done, f"is built for {provider}, which this machine's onnxruntime-genai cannot run",
+                      tmp_path / "none")

@@ -125,7 +125,13 @@ def generate(args) -> int:
     adapters = named_adapters(args.adapter)
     runtime = Runtime(args.model, adapters)
     ids = runtime.prompt_ids([{"role": "user", "content": args.prompt}])
-    for piece in runtime.stream(ids, list(adapters)[-1] if adapters else None, cfg.from_args(args, Sampling)):
+    adapter, sampling = list(adapters)[-1] if adapters else None, cfg.from_args(args, Sampling)
+    if args.json:
+        pairs = list(runtime.stream_tokens(ids, adapter, sampling))
+        print(json.dumps({"text": "".join(piece for _, piece in pairs), "tokens": [t for t, _ in pairs],
+                          "prompt_tokens": len(ids), "adapter": adapter}))
+        return 0
+    for piece in runtime.stream(ids, adapter, sampling):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -47,7 +47,8 @@ def check_adapter(path: Path, inputs: dict[str, tuple[str, list]]) -> None:
     import onnxruntime as ort
 
     try:
-        params = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
+        adapter = ort.AdapterFormat.read_adapter(str(path))  # its parameters alias its memory: keep it while reading
+        params = adapter.get_parameters()
     except Exception as exc:  # onnxruntime reports unreadable FlatBuffers as RuntimeError, after its source location
         reason = str(exc).splitlines()[0].rsplit(") ", 1)[-1] if str(exc) else type(exc).__name__
         raise EdgewiseError(f"cannot load adapter {path}: not a readable .onnx_adapter ({reason})") from exc

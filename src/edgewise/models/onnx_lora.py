@@ -2,7 +2,8 @@
 
 For every projection node the builder emitted (fused ones such as qkv_proj included) that covers a LoRA target, the
 graph gets   y = base(x) + (x @ A) @ B   with A [in, rank] and B [rank, out] as graph inputs whose defaults are empty
-(rank 0): without an adapter the model is the base; the rank is symbolic, so adapters of any rank load. A PEFT
+(rank 0), or one column of zeros where the target's runtime takes no empty tensors: without an adapter the model is
+the base; the rank is symbolic, so adapters of any rank load. A PEFT
 adapter becomes A = concat(A_i^T) and B = block rows of (alpha/r) B_i^T placed at each projection's output offset, so
 separate q/k/v adapters and packed qkv adapters (Phi-3) both map onto the same inputs. `lora_layout.json` beside the
 model records which projections each input covers."""
@@ -44,8 +45,9 @@ def activation_dtype(node, inits) -> int:
     return inits[node.input[2] if node.op_type == "MatMulNBits" else node.input[1]].data_type
 
 
-def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
-    """Add LoRA inputs for the canonical projections in `targets`; returns the layout to save beside the model."""
+def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config, default_rank: int = 0) -> dict:
+    """Add LoRA inputs for the canonical projections in `targets`, their defaults zeros of `default_rank`; returns
+    the layout to save beside the model."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     sizes = projection_sizes(config)
@@ -67,7 +69,7 @@ def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
             raise EdgewiseError(f"{node.name}: {n} outputs, but the config gives {start} for {covered}")
         prefix = f"model.layers.{layer}.{block}.{proj}"
         dtype = activation_dtype(node, inits)
-        new_nodes.append((node, _lora_nodes(graph, node, prefix, k, n, dtype)))
+        new_nodes.append((node, _lora_nodes(graph, node, prefix, k, n, dtype, default_rank)))
         layout[prefix] = {"layer": layer, "in": k, "out": n, "covers": offsets,
                           "dtype": type_name(dtype)}
     if not layout:
@@ -76,13 +78,15 @@ def add_lora_inputs(model: onnx.ModelProto, targets: set[str], config) -> dict:
     return layout
 
 
-def _lora_nodes(graph, node, prefix: str, k: int, n: int, dtype: int) -> list:
-    """The LoRA branch of one projection, its A and B inputs in the activation's type, empty (rank 0) by default."""
+def _lora_nodes(graph, node, prefix: str, k: int, n: int, dtype: int, rank0: int) -> list:
+    """The LoRA branch of one projection, its A and B inputs in the activation's type, zeros of rank `rank0` by
+    default (0: empty)."""
     a, b = f"{prefix}.lora_A", f"{prefix}.lora_B"
     rank = f"{prefix}.lora_rank"
     graph.input.extend([helper.make_tensor_value_info(a, dtype, [k, rank]),
                         helper.make_tensor_value_info(b, dtype, [rank, n])])
-    graph.initializer.extend([helper.make_tensor(a, dtype, [k, 0], []), helper.make_tensor(b, dtype, [0, n], [])])
+    graph.initializer.extend([helper.make_tensor(a, dtype, [k, rank0], [0] * (k * rank0)),
+                              helper.make_tensor(b, dtype, [rank0, n], [0] * (rank0 * n))])
     out = node.output[0]
     base = f"{out}/base"
     node.output[0] = base

@@ -19,15 +19,22 @@ class Target:
     runtime: str  # what runs such a model
     genai_key: str | None  # its entry in genai_config.json's provider_options (None: the CPU)
     builder: str | None = None  # the builder's -e value when it differs from `device` (the NPU starts from the CPU's)
+    # its runtime takes zero-size tensors (the rank-0 LoRA defaults): WebGPU cannot bind them (measured, Dawn on
+    # Vulkan); DirectML is given the same one-column defaults unverified
+    empty_tensors: bool = True
+    slot_engine: bool = False  # `serve` batches it in runtime/decoder.py (else one request at a time through genai)
 
 
 TARGETS = {t.device: t for t in (
-    Target("cpu", "CPUExecutionProvider", ("int4", "int8", "fp16", "fp32"), "onnxruntime-genai", None),
+    Target("cpu", "CPUExecutionProvider", ("int4", "int8", "fp16", "fp32"), "onnxruntime-genai", None,
+           slot_engine=True),
     Target("cuda", "CUDAExecutionProvider", ("int4", "int8", "fp16", "bf16", "fp32"),
-           "onnxruntime-genai-cuda (with onnxruntime-gpu)", "cuda"),
-    Target("dml", "DmlExecutionProvider", ("int4", "fp16"), "onnxruntime-genai-directml (Windows)", "dml"),
+           "onnxruntime-genai-cuda (with onnxruntime-gpu)", "cuda", slot_engine=True),
+    Target("dml", "DmlExecutionProvider", ("int4", "fp16"), "onnxruntime-genai-directml (Windows)", "dml",
+           empty_tensors=False),
     Target("webgpu", "WebGpuExecutionProvider", ("int4", "fp16", "fp32"),
-           "onnxruntime-genai-winml (Windows) or onnxruntime-web (a browser)", "webgpu"),
+           "onnxruntime-genai with onnxruntime-webgpu (Vulkan on Linux, D3D12 on Windows, Metal on macOS)", "webgpu",
+           empty_tensors=False),
     Target("npu", "QNNExecutionProvider", ("int4", "fp32"),
            "onnxruntime-genai with onnxruntime-qnn (Snapdragon HTP; its HTP simulator on x86 Linux)", "QNN", "cpu"),
 )}

@@ -49,8 +49,8 @@ def _adapter_arrays(path: Path) -> dict:
     """An .onnx_adapter's tensors as numpy arrays (copies: the runtime keeps pointers to what it is given)."""
     import onnxruntime as ort
 
-    return {name: np.array(value.numpy(), copy=True)
-            for name, value in ort.AdapterFormat.read_adapter(str(path)).get_parameters().items()}
+    adapter = ort.AdapterFormat.read_adapter(str(path))  # its parameters alias its memory: copy while it lives
+    return {name: np.array(value.numpy(), copy=True) for name, value in adapter.get_parameters().items()}
 
 
 class Runtime:

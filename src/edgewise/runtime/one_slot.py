@@ -1,5 +1,6 @@
 """The serving engine's decoder interface over one onnxruntime-genai generator, for models the slot decoder cannot
-run: an NPU decoder pipeline (its graphs are compiled for batch 1, its cache lives inside the runtime). Requests take
+run: an NPU decoder pipeline (its graphs are compiled for batch 1, its cache lives inside the runtime), and DirectML
+and WebGPU models (the slot decoder binds its cache on the CPU or CUDA only). Requests take
 turns in its one slot; sampling stays the engine's (each step's chosen token is handed to the generator as the only
 candidate, so the runtime's greedy search appends exactly it)."""
 from __future__ import annotations

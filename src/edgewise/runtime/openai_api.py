@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from edgewise.models.npu import is_pipeline
+from edgewise.models.targets import target_of
 from edgewise.runtime.batching import Batcher, Finished, Job, QueueFull
 from edgewise.runtime.decoder import SlotDecoder
 from edgewise.runtime.genai import chat_prompt_ids
@@ -74,8 +74,9 @@ class Server:
                  timeout: float | None = None, max_context: int | None = None):
         import onnxruntime_genai as og
 
-        if is_pipeline(json.loads((Path(model_dir) / "genai_config.json").read_text())):
-            decoder, prefix = OneSlot(model_dir, adapters, max_context), []  # an NPU pipeline: batch 1, its own cache
+        if not target_of(json.loads((Path(model_dir) / "genai_config.json").read_text())).slot_engine:
+            # NPU pipelines (compiled for batch 1), DirectML and WebGPU: one request at a time through genai
+            decoder, prefix = OneSlot(model_dir, adapters, max_context), []
             self.tokenizer = decoder.runtime.tokenizer
         else:
             decoder = SlotDecoder(model_dir, adapters, max_batch, max_context)
