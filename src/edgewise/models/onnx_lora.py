@@ -5,8 +5,8 @@ graph gets   y = base(x) + (x @ A) @ B   with A [in, rank] and B [rank, out] as 
 (rank 0), or one column of zeros where the target's runtime takes no empty tensors: without an adapter the model is
 the base; the rank is symbolic, so adapters of any rank load. A PEFT adapter becomes A = concat(A_i^T) and B = block
 rows of (alpha/r) B_i^T placed at each projection's output offset, so separate q/k/v adapters and packed qkv adapters
-(Phi-3) both map onto the same inputs. `lora_layout.json` beside the
-model records which projections each input covers."""
+(Phi-3) both map onto the same inputs. `lora_layout.json` beside the model records which projections each input
+covers."""
 from __future__ import annotations
 
 import json
