@@ -2,10 +2,12 @@
 `llama-server` (optional; built from source for the benchmark only), driven by the openai client at several client
 counts (greedy chat requests of 64 tokens, half on the base model and half on the adapter) for a fixed time each.
 Every round starts the servers afresh, and they take turns level by level (the order reversed in every other
-round); medians over rounds, and each llama-server's ratio as the median of per-round ratios. Every answer under load is compared with the same request served alone.
+round); medians over rounds, and each llama-server's ratio as the median of per-round ratios. Every answer under
+load is compared with the same request served alone.
 
 Usage: python bench/serve_load.py MODEL_DIR ADAPTER_FILE [--clients 1 4 16] [--seconds 10] [--rounds 6]
-         [--max_batch 16] [--baseline MODEL_DIR] [--llama_server BIN --gguf Q4_0.gguf --lora LORA.gguf [--llama_parallel 4 16]]
+         [--max_batch 16] [--baseline MODEL_DIR]
+         [--llama_server BIN --gguf Q4_0.gguf --lora LORA.gguf [--llama_parallel 4 16]]
 Prints a Markdown table per round and the medians over rounds."""
 import argparse
 import socket

@@ -44,13 +44,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(model, adapters, *extra):
+def _start(model, adapters, *extra, env=None):
     port = _free_port()
     cmd = [sys.executable, "-m", "edgewise", "serve", str(model), "--port", str(port), *extra]
     for name, path in adapters.items():
         cmd += ["--adapter", f"{name}={path}"]
     log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)  # a file, not a pipe nobody drains
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
     proc.log = Path(log.name)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):

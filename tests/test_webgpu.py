@@ -5,14 +5,14 @@ these tests run it in a subprocess and skip where this machine has no WebGPU ada
 Mesa's software Vulkan device, lavapipe)."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from test_serve import _start
 
 from edgewise import engine
 from edgewise.models.onnx_lora import ADAPTER_FILE
@@ -52,11 +52,15 @@ print(json.dumps(out))
 """
 
 
+def webgpu_env() -> dict:
+    """This process's environment with onnxruntime-webgpu first on the path, in place of onnxruntime."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SITE), os.environ.get("PYTHONPATH", "")])}
+
+
 def on_webgpu(*args, script=None) -> subprocess.CompletedProcess:
-    """python -c SCRIPT ARGS (or `python -m edgewise ARGS`) with onnxruntime-webgpu in place of onnxruntime."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SITE), os.environ.get("PYTHONPATH", "")])}
+    """python -c SCRIPT ARGS (or `python -m edgewise ARGS`) on onnxruntime-webgpu."""
     cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "edgewise", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=webgpu_env(), timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -121,23 +125,10 @@ def test_serve_answers_on_webgpu_as_the_runtime_does(exports, ran):
     CPU and CUDA): the answers over HTTP equal the runtime's."""
     import openai
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     model = exports["webgpu"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SITE), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "edgewise", "serve", str(model), "--port", str(port), "--adapter",
-                             f"travel={model / ADAPTER_FILE}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc, url = _start(model, {"travel": model / ADAPTER_FILE}, env=webgpu_env())
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-        for _ in range(600):
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                assert proc.poll() is None, "the server stopped"
-                time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
         for name, adapter in (("base", "None"), ("travel", "travel")):
             reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": QUESTION}],
                                                    max_tokens=6, temperature=0)

@@ -20,7 +20,7 @@ from edgewise.core.log import log
 from edgewise.models.checks import check_adapter, lora_inputs
 from edgewise.models.rope import short_rope_only
 from edgewise.models.targets import target_of
-from edgewise.runtime.genai import eos_ids
+from edgewise.runtime.genai import adapter_arrays, eos_ids
 
 _EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 _NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -178,13 +178,10 @@ class SlotDecoder:
     # --- loading ---------------------------------------------------------------------------------------------------
 
     def _read_adapter(self, path: Path) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
-
         if not path.is_file():
             raise EdgewiseError(f"adapter file not found: {path}")
         check_adapter(path, self.lora)
-        adapter = ort.AdapterFormat.read_adapter(str(path))  # its parameters alias its memory: copy while it lives
-        return {name: np.array(value.numpy()) for name, value in adapter.get_parameters().items()}
+        return adapter_arrays(path)
 
     def _session(self, graph_model, options: dict):
         import onnxruntime as ort

@@ -45,7 +45,7 @@ def _register_qnn(model_dir: Path, target):
     return qnn.quiet_stdout()
 
 
-def _adapter_arrays(path: Path) -> dict:
+def adapter_arrays(path: Path) -> dict[str, np.ndarray]:
     """An .onnx_adapter's tensors as numpy arrays (copies: the runtime keeps pointers to what it is given)."""
     import onnxruntime as ort
 
@@ -96,7 +96,7 @@ class Runtime:
         check_adapter(Path(path), self.lora_inputs)  # a wrong name, type or shape is one line, before the runtime
         try:
             if self.pipeline:
-                self.tensors[name] = _adapter_arrays(path)
+                self.tensors[name] = adapter_arrays(path)
             else:
                 self.adapters.load(str(path), name)
         except Exception as exc:  # onnxruntime-genai raises RuntimeError/OrtException with the runtime's text
