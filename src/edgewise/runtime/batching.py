@@ -217,6 +217,6 @@ class Batcher:
         if self.running.get(job.slot) is job:
             del self.running[job.slot]
         job.end = end
-        job.out.put(end)
-        if self.metrics:
+        if self.metrics:  # counted before the client can see the end (and read /metrics right after it)
             self.metrics.finished(job, end)
+        job.out.put(end)
