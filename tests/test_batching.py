@@ -12,6 +12,7 @@ from edgewise.core.errors import EdgewiseError
 from edgewise.models.onnx_lora import LAYOUT, write_adapter
 from edgewise.runtime.batching import Batcher, Job, QueueFull
 from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.prompt_cache import PromptCache, piece_keys, pieces
 from edgewise.runtime.genai import Runtime
 from edgewise.runtime.sampling import Sampler, Sampling
 
@@ -169,28 +170,81 @@ def test_sampling_is_seeded_per_request_and_greedy_at_the_limits():
     assert top5 <= set(np.argsort(-logits)[:5].tolist()) and len(top5) > 1
 
 
-def test_a_shared_prefix_is_computed_once_per_adapter_and_changes_nothing(served, runtime):
+def _counting(engine):
+    """The engine, with the number of pieces its decoder computed (not copied from the cache) in engine.computed."""
+    prefill, engine.computed = engine.decoder.prefill, 0
+
+    def counted(*args):
+        engine.computed += 1
+        return prefill(*args)
+
+    engine.decoder.prefill = counted
+    return engine
+
+
+def _answers(engine, cases, order, close=True):
+    try:
+        return {i: list(engine.submit(Job(*cases[i], Sampling(max_new_tokens=N))).results()) for i in order}
+    finally:
+        if close:
+            engine.close()
+
+
+def test_the_prompt_cache_reuses_pieces_and_changes_nothing(served, runtime):
     prompts = _prompts(runtime)
     n = next(i for i, (x, y) in enumerate(zip(prompts[0], prompts[1])) if x != y)
     assert n > 4  # the chat template's head
     cases = [(prompts[i % 4], (None, "one", "wide")[i % 3]) for i in range(6)]
 
-    def answers(engine, order):
-        try:
-            return {i: list(engine.submit(Job(*cases[i], Sampling(max_new_tokens=N))).results()) for i in order}
-        finally:
-            engine.close()
+    def engine(slots, cache=2**20):
+        e = _counting(Batcher(SlotDecoder(*served, slots=slots, context=128), eos=set(), cache_bytes=cache))
+        e.prefix, e.decoder.prefill_chunk = prompts[0][:n], 4  # small blocks: every prompt has several pieces
+        return e
 
-    warm = _engine(served, slots=2)
-    warm.prefix = prompts[0][:n]
-    got = answers(warm, range(6))
-    assert set(warm.saved_prefix) == {None, "one", "wide"}
-    for i in range(6):  # each request alone on a cold engine: the prefix computed for it, not copied
-        cold = _engine(served, slots=1)
-        cold.prefix = prompts[0][:n]
-        assert answers(cold, [i]) == {i: got[i]}
-    plain = answers(_engine(served, slots=2), [0])  # no prefix split at all: a base request is the same too
-    assert plain[0] == got[0]
+    warm = engine(2)
+    got = _answers(warm, cases, range(6), close=False)
+    first = warm.computed
+    assert _answers(warm, cases, range(6)) == got  # the same prompts again: nothing computed, the same answers
+    assert warm.computed == first
+    # every (prompt, adapter) pair differs, so only the template head is shared: computed once per adapter (3)
+    assert first == sum(len(pieces(ids, prompts[0][:n], 4)) for ids, _ in cases) - (6 - 3)
+    for i in range(6):  # each request alone on an engine without a cache: the same answer
+        assert _answers(engine(1, cache=0), cases, [i]) == {i: got[i]}
+
+
+def test_a_conversation_reuses_its_history(served, runtime):
+    first = [{"role": "user", "content": RECORDS[0]["prompt"]}]
+    turn = runtime.prompt_ids(first + [{"role": "assistant", "content": RECORDS[0]["response"]},
+                                       {"role": "user", "content": RECORDS[1]["prompt"]}])
+    asked = runtime.prompt_ids(first)
+    assert turn[:len(asked)] == asked
+    cases = [(asked, "one"), (turn, "one")]
+    warm = _counting(Batcher(SlotDecoder(*served, slots=1, context=256), eos=set()))
+    warm.decoder.prefill_chunk = 8
+    got = _answers(warm, cases, [0], close=False)
+    before = warm.computed
+    got |= _answers(warm, cases, [1])
+    spans = pieces(turn, [], 8)
+    assert warm.computed - before == len(spans) - len(asked) // 8  # the first turn's whole blocks were copied
+    cold = Batcher(SlotDecoder(*served, slots=1, context=256), eos=set(), cache_bytes=0)
+    cold.decoder.prefill_chunk = 8
+    assert _answers(cold, cases, [1]) == {1: got[1]}
+
+
+def test_the_prompt_cache_keeps_to_its_bound_least_recently_used_first():
+    cache = PromptCache(max_bytes=3000)
+    kv = [[np.zeros(100, np.float32), np.zeros(100, np.float32)]]  # 800 bytes
+    for key in (b"a", b"b", b"c"):
+        cache.put(key, kv, None)
+    assert cache.get(b"a", last=False) is not None  # a is now the most recent
+    assert cache.get(b"a", last=True) is None  # no logits: not a prompt's end
+    cache.put(b"d", kv, np.zeros(10, np.float32))  # 840 bytes: b goes
+    assert list(cache.entries) == [b"c", b"a", b"d"] and cache.nbytes == 2440 <= 3000
+    assert cache.get(b"d", last=True).logits.shape == (10,)
+    cache.put(b"big", [[np.zeros(1000, np.float32)] * 2], None)  # larger than the whole bound: not kept
+    assert b"big" not in cache.entries and cache.nbytes == 2440
+    assert piece_keys("one", [1, 2, 3], [(0, 2), (2, 3)])[0] != piece_keys(None, [1, 2, 3], [(0, 2)])[0]
+    assert piece_keys(None, [1, 2, 3], [(0, 2), (2, 3)])[1] != piece_keys(None, [1, 9, 3], [(0, 2), (2, 3)])[1]
 
 
 def _longrope_graph():

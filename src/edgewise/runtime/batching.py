@@ -6,10 +6,10 @@ with its own adapter, position and sampler, and hands each request its next toke
 it meets an end-of-sequence token, its token budget, its deadline or a cancellation (a client that went away), and
 its slot is free for the next turn. A request's tokens depend only on its own prompt, adapter and seed.
 
-Prompts that begin with the server's shared prefix (the chat template's head: its system turn and the user turn's
-opening) are always prefilled in two parts, that prefix and the rest; the prefix's cache, per adapter, is computed
-once and copied into each newcomer's slot. Because the split never depends on what ran before, a request computes
-exactly the same numbers whether the prefix was cached or not."""
+A prompt is prefilled one piece a turn, always in the same pieces (the chat template's head, then blocks of the
+decoder's prefill_chunk): pieces already in the prompt cache (prompt_cache.py) are copied into the slot instead of
+computed. Because the pieces never depend on what ran before, a request computes exactly the same numbers whether
+its prompt was cached or not."""
 from __future__ import annotations
 
 import collections
@@ -23,6 +23,7 @@ import numpy as np
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
 from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.prompt_cache import PromptCache, piece_keys, pieces
 from edgewise.runtime.sampling import Sampler, Sampling
 
 
@@ -53,6 +54,8 @@ class Job:
     slot: int = -1
     length: int = 0  # tokens in the slot's cache
     prefilled: int = 0  # prompt tokens in the cache so far
+    spans: list = field(default_factory=list)  # the prompt's prefill pieces (start, end) and their cache keys
+    keys: list = field(default_factory=list)
     produced: int = 0
     last: int = 0
     first_token_at: float | None = None
@@ -79,10 +82,10 @@ class Batcher:
     """The engine thread and its queue; `submit` is called from any thread."""
 
     def __init__(self, decoder: SlotDecoder, eos: set[int], max_queue: int = 64, metrics=None,
-                 prefix: list[int] | None = None):
+                 prefix: list[int] | None = None, cache_bytes: int = 256 * 2**20):
         self.decoder, self.eos, self.max_queue, self.metrics = decoder, eos, max_queue, metrics
-        self.prefix = list(prefix or [])
-        self.saved_prefix: dict[str | None, list] = {}  # adapter -> the prefix's cache
+        self.prefix = list(prefix or [])  # the chat template's head: a prompt's first piece where it starts so
+        self.cache = PromptCache(cache_bytes) if cache_bytes > 0 and decoder.can_save else None
         self.waiting: collections.deque[Job] = collections.deque()
         self.running: dict[int, Job] = {}
         self.cond = threading.Condition()
@@ -169,21 +172,27 @@ class Batcher:
             self._step(decoding)
 
     def _prefill(self, job: Job) -> None:
-        """One chunk of the job's prompt (the shared prefix first); the last chunk gives its first token."""
-        n = len(self.prefix)
-        if job.prefilled == 0 and 0 < n < len(job.ids) and job.ids[:n] == self.prefix:
-            saved = self.saved_prefix.get(job.adapter)
-            if saved is not None:
-                job.prefilled = job.length = self.decoder.load(job.slot, saved)
-            else:
-                self.decoder.prefill(job.slot, self.prefix)
-                job.prefilled = job.length = n
-                self.saved_prefix[job.adapter] = self.decoder.save(job.slot, n)
-                return
-        start = job.prefilled
-        piece = job.ids[start:start + self.decoder.prefill_chunk]  # decode steps run between a long prompt's pieces
-        logits = self.decoder.prefill(job.slot, piece, start)
-        job.prefilled = job.length = start + len(piece)
+        """The job's next piece of prompt, after any that the cache holds; the last piece gives its first token."""
+        if not job.spans:
+            job.spans = pieces(job.ids, self.prefix, self.decoder.prefill_chunk)
+            job.keys = piece_keys(job.adapter, job.ids, job.spans) if self.cache else []
+        logits = None
+        for i, (start, end) in enumerate(job.spans):
+            if end <= job.prefilled:
+                continue
+            last = i == len(job.spans) - 1
+            entry = self.cache.get(job.keys[i], last) if self.cache else None
+            if entry is not None:
+                job.prefilled = job.length = self.decoder.load(job.slot, start, entry.kv)
+                logits = entry.logits
+                if self.metrics:
+                    self.metrics.cached(end - start)
+                continue
+            logits = self.decoder.prefill(job.slot, job.ids[start:end], start)
+            job.prefilled = job.length = end
+            if self.cache:
+                self.cache.put(job.keys[i], self.decoder.save(job.slot, start, end), logits if last else None)
+            break  # one computed piece a turn: decode steps run between a long prompt's pieces
         if job.prefilled == len(job.ids):
             job.sampler = Sampler(job.sampling)
             job.first_token_at = time.monotonic()

@@ -127,7 +127,9 @@ def _types(graph) -> dict[str, np.dtype]:
 class SlotDecoder:
     """prefill(slot, ids) and decode(tokens, lengths) over a fixed number of sequence slots, adapters per slot."""
 
-    prefill_chunk = 512  # longer prompts are prefilled in pieces of this many tokens
+    # Prompts are prefilled in pieces of this many tokens (after the chat template's head), always the same pieces:
+    # the prompt cache keeps them; 64 tokens a run prefill as fast as 512 on the CPU (measured)
+    prefill_chunk = 64
 
     def __init__(self, model_dir: str | Path, adapters: dict[str, str | Path], slots: int,
                  context: int | None = None, graphs: bool = True):
@@ -251,18 +253,21 @@ class SlotDecoder:
         self._run(io, np.array([ids]), np.ones((1, start + n)), np.arange(start, start + n)[None], self._no_graph)
         return io.get_outputs()[-1].numpy()[0, -1]  # [1, 1, vocab]: the head sees the last position only
 
-    def save(self, slot: int, n: int) -> list | None:
-        """A copy of the slot's cache for its first n tokens (None where the cache lives on a device)."""
-        if self.device != "cpu":
-            return None
-        return [[b.host[slot, :, :n].copy() for b in pair] for pair in self.kv]
+    @property
+    def can_save(self) -> bool:
+        """Whether save() and load() work: the cache lives in host memory."""
+        return self.device == "cpu"
 
-    def load(self, slot: int, saved: list) -> int:
-        """Put a saved cache prefix back into a slot; the number of tokens it holds."""
+    def save(self, slot: int, start: int, end: int) -> list:
+        """A copy of the slot's cache for its tokens start..end-1."""
+        return [[b.host[slot, :, start:end].copy() for b in pair] for pair in self.kv]
+
+    def load(self, slot: int, start: int, saved: list) -> int:
+        """Put saved cache rows back into a slot from token `start`; the slot's length after them."""
         for pair, copies in zip(self.kv, saved):
             for buffer, copy in zip(pair, copies):
-                buffer.host[slot, :, :copy.shape[1]] = copy
-        return saved[0][0].shape[1]
+                buffer.host[slot, :, start:start + copy.shape[1]] = copy
+        return start + saved[0][0].shape[1]
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One step for slots 0..len(tokens)-1: token r goes in at position lengths[r]; logits [rows, vocab]."""

@@ -1,5 +1,5 @@
 """The server's /metrics in the Prometheus text format (prometheus_client, one registry per server): requests by
-model and outcome, prompt and completion tokens, queue depth, running batch, rows per decode step, time to first
+model and outcome, prompt tokens (and those the prompt cache served) and completion tokens, queue depth, running batch, rows per decode step, time to first
 token and request latency."""
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ class Metrics:
         self.requests = Counter("edgewise_requests", "Requests by served model and outcome", ["model", "outcome"],
                                 registry=r)
         self.prompt_tokens = Counter("edgewise_prompt_tokens", "Prompt tokens of admitted requests", registry=r)
+        self.cached_tokens = Counter("edgewise_prompt_cached_tokens", "Prompt tokens copied from the prompt cache "
+                                     "instead of computed", registry=r)
         self.completion_tokens = Counter("edgewise_completion_tokens", "Generated tokens", registry=r)
         self.queue_depth = Gauge("edgewise_queue_depth", "Requests waiting for a slot", registry=r)
         self.batch_size = Gauge("edgewise_batch_size", "Requests in the running batch", registry=r)
@@ -36,6 +38,9 @@ class Metrics:
     def first_token(self, job) -> None:
         self.prompt_tokens.inc(len(job.ids))
         self.ttft.observe(job.first_token_at - job.submitted)
+
+    def cached(self, tokens: int) -> None:
+        self.cached_tokens.inc(tokens)
 
     def step(self, requests: int) -> None:
         self.step_rows.observe(requests)

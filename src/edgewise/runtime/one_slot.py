@@ -45,8 +45,4 @@ class OneSlot:
         self.generator.generate_next_token()
         return np.array(self.generator.get_logits(), np.float32).reshape(1, -1)
 
-    def save(self, slot: int, n: int):
-        return None
-
-    def load(self, slot: int, saved) -> int:
-        raise NotImplementedError("no prefix cache")
+    can_save = False  # the generator's cache is onnxruntime-genai's: no prompt cache

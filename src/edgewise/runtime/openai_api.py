@@ -71,7 +71,7 @@ class Server:
     """The engine over the loaded model, the served names, and the limits every request is checked against."""
 
     def __init__(self, model_dir: str | Path, adapters: dict[str, str], max_batch: int = 16, max_queue: int = 64,
-                 timeout: float | None = None, max_context: int | None = None):
+                 timeout: float | None = None, max_context: int | None = None, prompt_cache: int = 256 * 2**20):
         import onnxruntime_genai as og
 
         if not target_of(json.loads((Path(model_dir) / "genai_config.json").read_text())).slot_engine:
@@ -84,7 +84,7 @@ class Server:
             prefix = self.template_prefix()
         self.names, self.context_length, self.timeout = list(adapters), decoder.context, timeout
         self.metrics = Metrics()
-        self.batcher = Batcher(decoder, decoder.eos, max_queue, self.metrics, prefix=prefix)
+        self.batcher = Batcher(decoder, decoder.eos, max_queue, self.metrics, prefix=prefix, cache_bytes=prompt_cache)
         self.metrics.watch(self.batcher)
 
     def models(self) -> list[str]:

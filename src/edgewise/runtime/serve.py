@@ -26,10 +26,17 @@ class ServeConfig:
         "help": "tokens per request, prompt and answer (at most the model's context); the KV cache holds "
                 "max_batch x max_context tokens"})
 
+    prompt_cache: int = field(default=256, metadata={
+        "help": "MiB of prompt KV cache kept for reuse: a prompt that begins like an earlier one (a conversation's "
+                "history, a shared system prompt) copies those pieces instead of computing them; 0 turns it off "
+                "(CPU models)"})
+
     def check(self) -> None:
         for name in ("max_batch", "max_queue", "timeout", "max_context"):
             if getattr(self, name) <= 0:
                 raise EdgewiseError(f"--{name} must be positive")
+        if self.prompt_cache < 0:
+            raise EdgewiseError("--prompt_cache must be 0 (off) or a positive number of MiB")
 
 
 def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig()) -> None:
@@ -45,7 +52,8 @@ def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig
     from edgewise.runtime.openai_api import Server, create_app
 
     config.check()
-    server = Server(model_dir, adapters, config.max_batch, config.max_queue, config.timeout, config.max_context)
+    server = Server(model_dir, adapters, config.max_batch, config.max_queue, config.timeout, config.max_context,
+                    config.prompt_cache * 2**20)
     log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json, metrics: /metrics); %d slots of %d tokens, "
              "cache %.2f GiB", model_dir, config.host, config.port, server.batcher.decoder.slots, server.context_length,
              server.batcher.decoder.cache_bytes / 2**30)
