@@ -6,7 +6,7 @@ round); medians over rounds, and each llama-server's ratio as the median of per-
 load is compared with the same request served alone.
 
 Usage: python bench/serve_load.py MODEL_DIR ADAPTER_FILE [--clients 1 4 16] [--seconds 10] [--rounds 6]
-         [--max_batch 16] [--baseline MODEL_DIR]
+         [--max_batch 16] [--baseline MODEL_DIR] [--uncached]
          [--llama_server BIN --gguf Q4_0.gguf --lora LORA.gguf [--llama_parallel 4 16]]
 Prints a Markdown table per round and the medians over rounds."""
 import argparse
@@ -32,10 +32,10 @@ def _port() -> int:
 
 
 class Edgewise:
-    def __init__(self, model, adapter, max_batch, label=""):
-        self.name = f"edgewise serve --max_batch {max_batch}{label}"
+    def __init__(self, model, adapter, max_batch, label="", flags=()):
+        self.name = f"edgewise serve --max_batch {max_batch}{' ' + ' '.join(flags) if flags else ''}{label}"
         self.cmd = [sys.executable, "-m", "edgewise", "serve", model, "--adapter", f"travel={adapter}",
-                    "--max_batch", str(max_batch)]
+                    "--max_batch", str(max_batch), *flags]
 
     def request(self, adapter: bool) -> dict:
         return {"model": "travel" if adapter else "base"}
@@ -119,6 +119,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--max_batch", type=int, default=16)
     parser.add_argument("--baseline", help="a second export to serve alongside (A/B), with its adapter file inside")
+    parser.add_argument("--uncached", action="store_true",
+                        help="also serve the same export with --prompt_cache 0 (A/B of the prompt cache)")
     parser.add_argument("--llama_server")
     parser.add_argument("--gguf")
     parser.add_argument("--lora")
@@ -128,6 +130,8 @@ def main():
     if args.baseline:
         servers.append(Edgewise(args.baseline, f"{args.baseline}/adapter_weights.onnx_adapter", args.max_batch,
                                 f" ({Path(args.baseline).name} baseline)"))
+    if args.uncached:
+        servers.append(Edgewise(args.model, args.adapter, args.max_batch, flags=("--prompt_cache", "0")))
     if args.llama_server:
         servers += [LlamaServer(args.llama_server, args.gguf, args.lora, p) for p in args.llama_parallel]
     # each round starts every server afresh (a server's answers may depend on what it served before), then visits

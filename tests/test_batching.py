@@ -231,6 +231,29 @@ def test_a_conversation_reuses_its_history(served, runtime):
     assert _answers(cold, cases, [1]) == {1: got[1]}
 
 
+def test_a_prompt_prefilled_over_several_turns_is_not_disturbed_by_the_rows_decoding(served, runtime):
+    """B's prompt takes several turns (pieces of 4 tokens, no cache) in slot 0 while A decodes in slot 1: the decode
+    steps of those turns span slot 0 too, and must not write into the part of its cache that B has filled."""
+    prompts = _prompts(runtime)
+
+    def engine():
+        e = Batcher(SlotDecoder(*served, slots=2, context=128), eos=set(), cache_bytes=0)
+        e.decoder.prefill_chunk = 4
+        return e
+
+    alone = _answers(engine(), [(prompts[2], "one")], [0])[0]
+    busy = engine()
+    try:
+        x = busy.submit(Job(prompts[0], None, Sampling(max_new_tokens=1)))  # slot 0, done at once
+        a = busy.submit(Job(prompts[1], "wide", Sampling(max_new_tokens=60)))  # slot 1, decoding throughout
+        b = busy.submit(Job(prompts[2], "one", Sampling(max_new_tokens=N)))  # waits, then takes slot 0
+        list(x.results())
+        assert list(b.results()) == alone
+        assert a.end is None  # B's prompt and answer ran while A was decoding
+    finally:
+        busy.close()
+
+
 def test_the_prompt_cache_keeps_to_its_bound_least_recently_used_first():
     cache = PromptCache(max_bytes=3000)
     kv = [[np.zeros(100, np.float32), np.zeros(100, np.float32)]]  # 800 bytes

@@ -203,6 +203,9 @@ class Batcher:
     def _step(self, jobs: list[Job]) -> None:
         rows = max(j.slot for j in jobs) + 1
         tokens, lengths = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+        for job in self.running.values():  # a row still in its prompt: its padding goes where its next piece will
+            if job.slot < rows:
+                lengths[job.slot] = job.length
         for job in jobs:
             tokens[job.slot], lengths[job.slot] = job.last, job.length
         logits = self.decoder.decode(tokens, lengths)
