@@ -111,6 +111,11 @@ def test_streaming_equals_the_plain_answer(server, expected):
     streamed = "".join(c.choices[0].text for c in completion)
     plain = client.completions.create(model="base", prompt="Visit the old", max_tokens=6, temperature=0)
     assert streamed == plain.choices[0].text and plain.choices[0].finish_reason == "length"
+    counted = list(_ask(client, "two", QUESTIONS[1], stream=True, stream_options={"include_usage": True}))
+    assert counted[-1].choices == [] and counted[-1].usage is not None  # OpenAI's usage chunk ends the stream
+    plain = _ask(client, "two", QUESTIONS[1])
+    assert counted[-1].usage.model_dump() == plain.usage.model_dump()
+    assert all(c.usage is None for c in counted[:-1]) and all(c.usage is None for c in chunks)
 
 
 def test_stop_sequence_cuts_the_answer(server, expected):

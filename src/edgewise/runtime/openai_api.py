@@ -42,6 +42,10 @@ class Message(BaseModel):
     content: str
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(default=False, description="end the stream with a chunk that carries the usage")
+
+
 class _Options(BaseModel):
     model: str
     max_tokens: int | None = Field(default=None, ge=1, description="tokens to generate (default: up to the context)")
@@ -50,6 +54,7 @@ class _Options(BaseModel):
     stop: str | list[str] | None = Field(default=None, description="up to 4 sequences that end the answer")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="sampling seed (the runtime's is 32-bit)")
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
 
     def stops(self) -> list[str]:
@@ -216,7 +221,9 @@ async def _respond(server: Server, body: _Options, kind: str, request: Request):
     job = server.submit(ids, adapter, sampling)
     parts = generate_text(server, job, stops)
     if body.stream:
-        return StreamingResponse(_sse(parts, kind, rid, body.model), media_type="text/event-stream")
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_sse(parts, kind, rid, body.model, len(ids) if usage else None),
+                                 media_type="text/event-stream")
     chunks = []
     try:
         async for chunk in parts:
@@ -226,19 +233,29 @@ async def _respond(server: Server, body: _Options, kind: str, request: Request):
     finally:
         await parts.aclose()
     text, (_, finish, completion) = "".join(c[0] for c in chunks), chunks[-1]
-    usage = {"prompt_tokens": len(ids), "completion_tokens": completion, "total_tokens": len(ids) + completion}
-    return _full(kind, rid, body.model, text, finish, usage)
+    return _full(kind, rid, body.model, text, finish, _usage(len(ids), completion))
 
 
-async def _sse(parts: AsyncIterator, kind: str, rid: str, model: str):
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _sse(parts: AsyncIterator, kind: str, rid: str, model: str, prompt_tokens: int | None = None):
+    """Server-sent events; given the prompt's length (stream_options.include_usage), a last chunk with no choices
+    and the usage, as OpenAI's API sends it."""
     if kind == "chat":
         first = _chunk(kind, rid, model, "", None)
         first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
         yield f"data: {json.dumps(first)}\n\n"
+    done = 0
     try:
-        async for text, finish, _ in parts:
+        async for text, finish, done in parts:
             if text or finish:
                 yield f"data: {json.dumps(_chunk(kind, rid, model, text, finish))}\n\n"
+        if prompt_tokens is not None:
+            last = _chunk(kind, rid, model, "", None)
+            last["choices"], last["usage"] = [], _usage(prompt_tokens, done)
+            yield f"data: {json.dumps(last)}\n\n"
     except APIError as exc:  # the status line is long gone: the error travels as an event, as OpenAI's does
         yield f"data: {json.dumps(_error_body(exc.status, str(exc), exc.code, exc.param))}\n\n"
     finally:  # a client that went away ends up here too: its slot is freed at once
