@@ -88,9 +88,12 @@ def test_an_unknown_adapter_and_a_mismatched_one_are_refused(served, tmp_path):
         SlotDecoder(model, {"bad": bad}, slots=1, context=64)
 
 
-def _engine(served, slots=2, max_queue=8, context=128):
+def _engine(served, slots=2, max_queue=8, context=128, cache_bytes=256 * 2**20, chunk=None):
+    """An engine on the tiny export; `chunk` sets smaller prompt pieces, so that short prompts have several."""
     decoder = SlotDecoder(*served, slots=slots, context=context)
-    return Batcher(decoder, eos=set(), max_queue=max_queue)
+    if chunk:
+        decoder.prefill_chunk = chunk
+    return Batcher(decoder, eos=set(), max_queue=max_queue, cache_bytes=cache_bytes)
 
 
 def _wait(predicate, seconds=30):
@@ -197,8 +200,8 @@ def test_the_prompt_cache_reuses_pieces_and_changes_nothing(served, runtime):
     cases = [(prompts[i % 4], (None, "one", "wide")[i % 3]) for i in range(6)]
 
     def engine(slots, cache=2**20):
-        e = _counting(Batcher(SlotDecoder(*served, slots=slots, context=128), eos=set(), cache_bytes=cache))
-        e.prefix, e.decoder.prefill_chunk = prompts[0][:n], 4  # small blocks: every prompt has several pieces
+        e = _counting(_engine(served, slots, cache_bytes=cache, chunk=4))
+        e.prefix = prompts[0][:n]
         return e
 
     warm = engine(2)
@@ -219,16 +222,13 @@ def test_a_conversation_reuses_its_history(served, runtime):
     asked = runtime.prompt_ids(first)
     assert turn[:len(asked)] == asked
     cases = [(asked, "one"), (turn, "one")]
-    warm = _counting(Batcher(SlotDecoder(*served, slots=1, context=256), eos=set()))
-    warm.decoder.prefill_chunk = 8
+    warm = _counting(_engine(served, slots=1, context=256, chunk=8))
     got = _answers(warm, cases, [0], close=False)
     before = warm.computed
     got |= _answers(warm, cases, [1])
     spans = pieces(turn, [], 8)
     assert warm.computed - before == len(spans) - len(asked) // 8  # the first turn's whole blocks were copied
-    cold = Batcher(SlotDecoder(*served, slots=1, context=256), eos=set(), cache_bytes=0)
-    cold.decoder.prefill_chunk = 8
-    assert _answers(cold, cases, [1]) == {1: got[1]}
+    assert _answers(_engine(served, slots=1, context=256, cache_bytes=0, chunk=8), cases, [1]) == {1: got[1]}
 
 
 def test_a_prompt_prefilled_over_several_turns_is_not_disturbed_by_the_rows_decoding(served, runtime):
@@ -236,13 +236,8 @@ def test_a_prompt_prefilled_over_several_turns_is_not_disturbed_by_the_rows_deco
     steps of those turns span slot 0 too, and must not write into the part of its cache that B has filled."""
     prompts = _prompts(runtime)
 
-    def engine():
-        e = Batcher(SlotDecoder(*served, slots=2, context=128), eos=set(), cache_bytes=0)
-        e.decoder.prefill_chunk = 4
-        return e
-
-    alone = _answers(engine(), [(prompts[2], "one")], [0])[0]
-    busy = engine()
+    alone = _answers(_engine(served, cache_bytes=0, chunk=4), [(prompts[2], "one")], [0])[0]
+    busy = _engine(served, cache_bytes=0, chunk=4)
     try:
         x = busy.submit(Job(prompts[0], None, Sampling(max_new_tokens=1)))  # slot 0, done at once
         a = busy.submit(Job(prompts[1], "wide", Sampling(max_new_tokens=60)))  # slot 1, decoding throughout

@@ -54,8 +54,8 @@ class Job:
     slot: int = -1
     length: int = 0  # tokens in the slot's cache
     prefilled: int = 0  # prompt tokens in the cache so far
-    spans: list = field(default_factory=list)  # the prompt's prefill pieces (start, end) and their cache keys
-    keys: list = field(default_factory=list)
+    spans: list = field(default_factory=list)  # the prompt's prefill pieces, (start, end)
+    keys: list = field(default_factory=list)  # their prompt-cache digests (none without a cache)
     produced: int = 0
     last: int = 0
     first_token_at: float | None = None
@@ -183,7 +183,8 @@ class Batcher:
             last = i == len(job.spans) - 1
             entry = self.cache.get(job.keys[i], last) if self.cache else None
             if entry is not None:
-                job.prefilled = job.length = self.decoder.load(job.slot, start, entry.kv)
+                self.decoder.load(job.slot, start, entry.kv)
+                job.prefilled = job.length = end
                 logits = entry.logits
                 if self.metrics:
                     self.metrics.cached(end - start)

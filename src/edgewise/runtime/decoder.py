@@ -262,12 +262,11 @@ class SlotDecoder:
         """A copy of the slot's cache for its tokens start..end-1."""
         return [[b.host[slot, :, start:end].copy() for b in pair] for pair in self.kv]
 
-    def load(self, slot: int, start: int, saved: list) -> int:
-        """Put saved cache rows back into a slot from token `start`; the slot's length after them."""
+    def load(self, slot: int, start: int, saved: list) -> None:
+        """Put saved cache rows back into a slot from token `start`."""
         for pair, copies in zip(self.kv, saved):
             for buffer, copy in zip(pair, copies):
                 buffer.host[slot, :, start:start + copy.shape[1]] = copy
-        return start + saved[0][0].shape[1]
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One step for slots 0..len(tokens)-1: token r goes in at position lengths[r]; logits [rows, vocab]."""

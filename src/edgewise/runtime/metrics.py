@@ -1,6 +1,6 @@
 """The server's /metrics in the Prometheus text format (prometheus_client, one registry per server): requests by
-model and outcome, prompt tokens (and those the prompt cache served) and completion tokens, queue depth, running batch, rows per decode step, time to first
-token and request latency."""
+model and outcome, prompt tokens (and those the prompt cache served) and completion tokens, queue depth, running
+batch, rows per decode step, time to first token and request latency."""
 from __future__ import annotations
 
 import time
