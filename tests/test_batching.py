@@ -11,7 +11,7 @@ from conftest import RECORDS
 from edgewise.core.errors import EdgewiseError
 from edgewise.models.onnx_lora import LAYOUT, write_adapter
 from edgewise.runtime.batching import Batcher, Job, QueueFull
-from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.decoder import SlotDecoder, _KVCopies
 from edgewise.runtime.prompt_cache import PromptCache, piece_keys, pieces
 from edgewise.runtime.genai import Runtime
 from edgewise.runtime.sampling import Sampler, Sampling
@@ -88,11 +88,14 @@ def test_an_unknown_adapter_and_a_mismatched_one_are_refused(served, tmp_path):
         SlotDecoder(model, {"bad": bad}, slots=1, context=64)
 
 
-def _engine(served, slots=2, max_queue=8, context=128, cache_bytes=256 * 2**20, chunk=None):
-    """An engine on the tiny export; `chunk` sets smaller prompt pieces, so that short prompts have several."""
+def _engine(served, slots=2, max_queue=8, context=128, cache_bytes=256 * 2**20, chunk=None, ort_copies=False):
+    """An engine on the tiny export; `chunk` sets smaller prompt pieces, so that short prompts have several;
+    `ort_copies` saves and loads the prompt cache through onnxruntime, as on a GPU."""
     decoder = SlotDecoder(*served, slots=slots, context=context)
     if chunk:
         decoder.prefill_chunk = chunk
+    if ort_copies:
+        decoder._copies = _KVCopies([b for pair in decoder.kv for b in pair], "CPUExecutionProvider")
     return Batcher(decoder, eos=set(), max_queue=max_queue, cache_bytes=cache_bytes)
 
 
@@ -193,14 +196,15 @@ def _answers(engine, cases, order, close=True):
             engine.close()
 
 
-def test_the_prompt_cache_reuses_pieces_and_changes_nothing(served, runtime):
+@pytest.mark.parametrize("ort_copies", [False, True], ids=["host-copies", "onnxruntime-copies"])
+def test_the_prompt_cache_reuses_pieces_and_changes_nothing(served, runtime, ort_copies):
     prompts = _prompts(runtime)
     n = next(i for i, (x, y) in enumerate(zip(prompts[0], prompts[1])) if x != y)
     assert n > 4  # the chat template's head
     cases = [(prompts[i % 4], (None, "one", "wide")[i % 3]) for i in range(6)]
 
     def engine(slots, cache=2**20):
-        e = _counting(_engine(served, slots, cache_bytes=cache, chunk=4))
+        e = _counting(_engine(served, slots, cache_bytes=cache, chunk=4, ort_copies=ort_copies and cache > 0))
         e.prefix = prompts[0][:n]
         return e
 
@@ -213,6 +217,26 @@ def test_the_prompt_cache_reuses_pieces_and_changes_nothing(served, runtime):
     assert first == sum(len(pieces(ids, prompts[0][:n], 4)) for ids, _ in cases) - (6 - 3)
     for i in range(6):  # each request alone on an engine without a cache: the same answer
         assert _answers(engine(1, cache=0), cases, [i]) == {i: got[i]}
+
+
+def test_onnxruntime_copies_save_a_slots_tokens_and_write_back_only_where_they_go(served):
+    """The prompt cache's copies on a GPU (run here on the CPU provider): a Slice per KV buffer saves one slot's tokens
+    start..end exactly; a ScatterND bound in place writes them at another slot and position and touches nothing else."""
+    decoder = SlotDecoder(*served, slots=3, context=64)
+    buffers = [b for pair in decoder.kv for b in pair]
+    rng = np.random.default_rng(0)
+    for b in buffers:
+        b.host[...] = rng.standard_normal(b.host.shape)
+    copies = _KVCopies(buffers, "CPUExecutionProvider")
+    saved = copies.save(1, 5, 17)
+    assert [s.shape for s in saved] == [(1, *buffers[0].shape[1:2], 12, buffers[0].shape[3])] * len(buffers)
+    assert all(np.array_equal(s.value.numpy()[0], b.host[1, :, 5:17]) for s, b in zip(saved, buffers))
+    before = [b.host.copy() for b in buffers]
+    copies.load(2, 40, saved)
+    for s, b, old in zip(saved, buffers, before):
+        assert np.array_equal(b.host[2, :, 40:52], s.value.numpy()[0])
+        b.host[2, :, 40:52] = old[2, :, 40:52]
+        assert np.array_equal(b.host, old)  # nothing else moved
 
 
 def test_a_conversation_reuses_its_history(served, runtime):

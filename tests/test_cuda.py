@@ -144,3 +144,43 @@ def test_the_serving_engine_on_cuda_replays_graphs_per_batch_and_follows_each_ro
             scale = np.abs(single[1][step]).max()
             assert np.abs(logits[slot] - single[1][step]).max() <= 2e-2 * scale + 1e-2, (step, slot)
             lengths[slot] += 1
+
+
+def test_the_prompt_cache_on_cuda_stays_on_the_device_and_changes_no_answer(tiny_llama, cache, tiny_data):
+    """The server's prompt cache on a CUDA export: pieces are saved and written back on the GPU, a repeated prompt
+    needs no forward pass, and every answer equals the one computed without a cache."""
+    import numpy as np
+
+    from edgewise.models import onnx_lora
+    from edgewise.passes.export import ExportConfig
+    from edgewise.runtime.batching import Batcher, Job
+    from edgewise.runtime.decoder import SlotDecoder
+    from edgewise.runtime.sampling import Sampling
+
+    ft = engine.run_pass("finetune", engine.folder_artifact(tiny_llama), FinetuneConfig(
+        data_files=str(tiny_data), max_steps=8, lora_r=4, learning_rate=0.05), cache)
+    model = engine.run_pass("export", ft, ExportConfig(device="cuda"), cache).path / "model"
+    adapters = {"tuned": model / onnx_lora.ADAPTER_FILE}
+    rng = np.random.default_rng(0)
+    head = rng.integers(3, 200, 12).tolist()
+    cases = [(head + rng.integers(3, 200, 9 + 5 * i).tolist(), (None, "tuned")[i % 2]) for i in range(4)]
+
+    def answers(cache_bytes):
+        decoder = SlotDecoder(model, adapters, slots=2, context=128)
+        decoder.prefill_chunk = 8
+        computed, prefill = [], decoder.prefill
+        decoder.prefill = lambda *a: computed.append(1) or prefill(*a)
+        batcher = Batcher(decoder, eos=set(), cache_bytes=cache_bytes, prefix=head)
+        try:
+            runs = [[list(batcher.submit(Job(ids, adapter, Sampling(6))).results()) for ids, adapter in cases]
+                    for _ in range(2)]
+            return runs, len(computed), batcher.cache
+        finally:
+            batcher.close()
+
+    (first, again), computed, kept = answers(2**20)
+    (cold, _), computed_cold, _ = answers(0)
+    assert first == again == cold
+    assert computed < computed_cold / 2  # the second round and the shared head came from the cache
+    entry = next(iter(kept.entries.values()))
+    assert entry.kv[0][0].value.device_name() == "cuda"

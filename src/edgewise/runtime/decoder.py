@@ -88,6 +88,79 @@ class _Uploads:
         self.session.run_with_iobinding(io)
 
 
+class _DeviceRows:
+    """A saved piece of one KV buffer on the device: an OrtValue [1, heads, tokens, head_size]."""
+
+    def __init__(self, value):
+        self.value = value
+        self.shape = tuple(value.shape())
+        self.nbytes = int(np.prod(self.shape)) * np.dtype(_ORT_NUMPY[value.data_type()]).itemsize
+
+
+_ORT_NUMPY = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(bfloat16)": np.uint16}
+
+
+class _KVCopies:
+    """Save and load a slot's KV rows where they live, run by onnxruntime itself: a Slice per buffer copies tokens
+    start..end of one slot out, a ScatterND per buffer (its output bound to its input: onnxruntime scatters in
+    place) writes them back. On a GPU the prompt cache never leaves device memory."""
+
+    def __init__(self, buffers: list[_Rows], provider: str):
+        import onnxruntime as ort
+        from onnx import helper
+
+        self.buffers = buffers
+        self.heads, self.context, self.head_size = buffers[0].shape[1:]
+        t = helper.np_dtype_to_tensor_dtype(buffers[0].dtype)
+        kv = [helper.make_tensor_value_info(f"kv{i}", t, [1, self.heads, self.context, self.head_size])
+              for i in range(len(buffers))]
+        ints = [helper.make_tensor_value_info(n, onnx.TensorProto.INT64, [1]) for n in ("start", "end", "axis")]
+        save = helper.make_graph(
+            [helper.make_node("Slice", [f"kv{i}", "start", "end", "axis"], [f"s{i}"]) for i in range(len(buffers))],
+            "save", kv + ints, [helper.make_tensor_value_info(f"s{i}", t, None) for i in range(len(buffers))])
+        load = helper.make_graph(
+            [helper.make_node("ScatterND", [f"kv{i}", "at", f"u{i}"], [f"o{i}"]) for i in range(len(buffers))],
+            "load", kv + [helper.make_tensor_value_info("at", onnx.TensorProto.INT64, [self.heads, None, 3])]
+            + [helper.make_tensor_value_info(f"u{i}", t, [self.heads, None, self.head_size])
+               for i in range(len(buffers))],
+            [helper.make_tensor_value_info(f"o{i}", t, None) for i in range(len(buffers))])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.sessions = [ort.InferenceSession(
+            helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10).SerializeToString(),
+            options, providers=[provider]) for g in (save, load)]
+
+    def _bind_slot(self, io, slot: int, outputs: bool) -> None:
+        shape = [1, self.heads, self.context, self.head_size]
+        for i, buffer in enumerate(self.buffers):
+            io.bind_input(f"kv{i}", buffer.device, 0, buffer.dtype, shape, buffer.ptr(slot))
+            if outputs:
+                io.bind_output(f"o{i}", buffer.device, 0, buffer.dtype, shape, buffer.ptr(slot))
+
+    def save(self, slot: int, start: int, end: int) -> list[_DeviceRows]:
+        io = self.sessions[0].io_binding()
+        self._bind_slot(io, slot, outputs=False)
+        for name, value in (("start", start), ("end", end), ("axis", 2)):
+            io.bind_cpu_input(name, np.array([value], np.int64))
+        for i, buffer in enumerate(self.buffers):
+            io.bind_output(f"s{i}", buffer.device)
+        self.sessions[0].run_with_iobinding(io)
+        return [_DeviceRows(v) for v in io.get_outputs()]
+
+    def load(self, slot: int, start: int, saved: list[_DeviceRows]) -> None:
+        n = saved[0].shape[2]
+        at = np.zeros((self.heads, n, 3), np.int64)
+        at[..., 1] = np.arange(self.heads)[:, None]
+        at[..., 2] = np.arange(start, start + n)[None, :]
+        io = self.sessions[1].io_binding()
+        self._bind_slot(io, slot, outputs=True)
+        io.bind_cpu_input("at", at)
+        for i, (buffer, rows) in enumerate(zip(self.buffers, saved)):
+            io.bind_input(f"u{i}", buffer.device, 0, buffer.dtype, [self.heads, n, self.head_size],
+                          rows.value.data_ptr())
+        self.sessions[1].run_with_iobinding(io)
+
+
 def _batch_major(graph) -> None:
     """LoRA inputs (and their empty defaults) get a leading row dimension."""
     for value in graph.input:
@@ -161,6 +234,8 @@ class SlotDecoder:
             raise EdgewiseError(f"cannot allocate the KV cache ({size:.1f} GiB for {slots} slots of {self.context} "
                                 "tokens): lower --max_batch or --max_context") from exc
         self.lora_rows = self._lora_buffers()
+        self._copies = (_KVCopies([b for pair in self.kv for b in pair], "CUDAExecutionProvider")
+                        if self.device != "cpu" else None)
         self._uploads = _Uploads(list(self.lora_rows.values())) if self.lora_rows and self.device != "cpu" else None
         self.slot_adapter: list[str | None] = [None] * slots
         self.vocab = int(config["model"]["vocab_size"])
@@ -253,17 +328,20 @@ class SlotDecoder:
         self._run(io, np.array([ids]), np.ones((1, start + n)), np.arange(start, start + n)[None], self._no_graph)
         return io.get_outputs()[-1].numpy()[0, -1]  # [1, 1, vocab]: the head sees the last position only
 
-    @property
-    def can_save(self) -> bool:
-        """Whether save() and load() work: the cache lives in host memory."""
-        return self.device == "cpu"
+    can_save = True  # save() and load() work on every device the engine runs on
 
     def save(self, slot: int, start: int, end: int) -> list:
-        """A copy of the slot's cache for its tokens start..end-1."""
+        """A copy of the slot's cache for its tokens start..end-1, on the cache's device: per layer [key, value]."""
+        if self._copies is not None:
+            flat = self._copies.save(slot, start, end)
+            return [flat[i:i + 2] for i in range(0, len(flat), 2)]
         return [[b.host[slot, :, start:end].copy() for b in pair] for pair in self.kv]
 
     def load(self, slot: int, start: int, saved: list) -> None:
         """Put saved cache rows back into a slot from token `start`."""
+        if self._copies is not None:
+            self._copies.load(slot, start, [rows for pair in saved for rows in pair])
+            return
         for pair, copies in zip(self.kv, saved):
             for buffer, copy in zip(pair, copies):
                 buffer.host[slot, :, start:start + copy.shape[1]] = copy

@@ -28,8 +28,8 @@ class ServeConfig:
 
     prompt_cache: int = field(default=256, metadata={
         "help": "MiB of prompt KV cache kept for reuse: a prompt that begins like an earlier one (a conversation's "
-                "history, a shared system prompt) copies those pieces instead of computing them; 0 turns it off "
-                "(CPU models)"})
+                "history, a shared system prompt) copies those pieces instead of computing them (in device memory for a "
+                "CUDA model); 0 turns it off"})
 
     def check(self) -> None:
         for name in ("max_batch", "max_queue", "timeout", "max_context"):
