@@ -234,8 +234,13 @@ class SlotDecoder:
             raise EdgewiseError(f"cannot allocate the KV cache ({size:.1f} GiB for {slots} slots of {self.context} "
                                 "tokens): lower --max_batch or --max_context") from exc
         self.lora_rows = self._lora_buffers()
-        self._copies = (_KVCopies([b for pair in self.kv for b in pair], "CUDAExecutionProvider")
-                        if self.device != "cpu" else None)
+        self._copies, self.can_save = None, True  # save() and load(): numpy copies on the CPU
+        if self.device != "cpu":
+            try:
+                self._copies = _KVCopies([b for pair in self.kv for b in pair], "CUDAExecutionProvider")
+            except Exception as exc:  # noqa: BLE001 - serving goes on, every prompt computed
+                log.warning("no prompt cache on %s: %s", self.device, str(exc).splitlines()[0])
+                self.can_save = False
         self._uploads = _Uploads(list(self.lora_rows.values())) if self.lora_rows and self.device != "cpu" else None
         self.slot_adapter: list[str | None] = [None] * slots
         self.vocab = int(config["model"]["vocab_size"])
@@ -327,8 +332,6 @@ class SlotDecoder:
         io.bind_output(self.names["logits"], "cpu")
         self._run(io, np.array([ids]), np.ones((1, start + n)), np.arange(start, start + n)[None], self._no_graph)
         return io.get_outputs()[-1].numpy()[0, -1]  # [1, 1, vocab]: the head sees the last position only
-
-    can_save = True  # save() and load() work on every device the engine runs on
 
     def save(self, slot: int, start: int, end: int) -> list:
         """A copy of the slot's cache for its tokens start..end-1, on the cache's device: per layer [key, value]."""
