@@ -130,6 +130,13 @@ class _KVCopies:
             helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10).SerializeToString(),
             options, providers=[provider]) for g in (save, load)]
 
+    def check(self) -> None:
+        """Raise unless tokens 0-1 of slot 0, written at 2-3, read back byte for byte (the slot holds nothing yet)."""
+        saved = self.save(0, 0, 2)
+        self.load(0, 2, saved)
+        if any(a.value.numpy().tobytes() != b.value.numpy().tobytes() for a, b in zip(saved, self.save(0, 2, 4))):
+            raise RuntimeError("the device's KV copies do not read back what they wrote")
+
     def _bind_slot(self, io, slot: int, outputs: bool) -> None:
         shape = [1, self.heads, self.context, self.head_size]
         for i, buffer in enumerate(self.buffers):
@@ -238,6 +245,7 @@ class SlotDecoder:
         if self.device != "cpu":
             try:
                 self._copies = _KVCopies([b for pair in self.kv for b in pair], "CUDAExecutionProvider")
+                self._copies.check()
             except Exception as exc:  # noqa: BLE001 - serving goes on, every prompt computed
                 log.warning("no prompt cache on %s: %s", self.device, str(exc).splitlines()[0])
                 self.can_save = False
