@@ -94,10 +94,7 @@ class _DeviceRows:
     def __init__(self, value):
         self.value = value
         self.shape = tuple(value.shape())
-        self.nbytes = int(np.prod(self.shape)) * np.dtype(_ORT_NUMPY[value.data_type()]).itemsize
-
-
-_ORT_NUMPY = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(bfloat16)": np.uint16}
+        self.nbytes = value.tensor_size_in_bytes()
 
 
 class _KVCopies:
