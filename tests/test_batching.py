@@ -11,7 +11,8 @@ from conftest import RECORDS
 from edgewise.core.errors import EdgewiseError
 from edgewise.models.onnx_lora import LAYOUT, write_adapter
 from edgewise.runtime.batching import Batcher, Job, QueueFull
-from edgewise.runtime.decoder import SlotDecoder, _KVCopies
+from edgewise.runtime.decoder import SlotDecoder
+from edgewise.runtime.kv_copies import KVCopies
 from edgewise.runtime.prompt_cache import PromptCache, piece_keys, pieces
 from edgewise.runtime.genai import Runtime
 from edgewise.runtime.sampling import Sampler, Sampling
@@ -95,7 +96,7 @@ def _engine(served, slots=2, max_queue=8, context=128, cache_bytes=256 * 2**20, 
     if chunk:
         decoder.prefill_chunk = chunk
     if ort_copies:
-        decoder._copies = _KVCopies([b for pair in decoder.kv for b in pair], "CPUExecutionProvider")
+        decoder._copies = KVCopies([b for pair in decoder.kv for b in pair], "CPUExecutionProvider")
     return Batcher(decoder, eos=set(), max_queue=max_queue, cache_bytes=cache_bytes)
 
 
@@ -227,7 +228,7 @@ def test_onnxruntime_copies_save_a_slots_tokens_and_write_back_only_where_they_g
     rng = np.random.default_rng(0)
     for b in buffers:
         b.host[...] = rng.standard_normal(b.host.shape)
-    copies = _KVCopies(buffers, "CPUExecutionProvider")
+    copies = KVCopies(buffers, "CPUExecutionProvider")
     copies.check()  # what a GPU engine runs before it keeps a prompt cache
     saved = copies.save(1, 5, 17)
     assert [s.shape for s in saved] == [(1, *buffers[0].shape[1:2], 12, buffers[0].shape[3])] * len(buffers)
