@@ -96,7 +96,7 @@ def _engine(served, slots=2, max_queue=8, context=128, cache_bytes=256 * 2**20, 
     if chunk:
         decoder.prefill_chunk = chunk
     if ort_copies:
-        decoder._copies = KVCopies([b for pair in decoder.kv for b in pair], "CPUExecutionProvider")
+        decoder._copies = KVCopies(decoder.kv, "CPUExecutionProvider")
     return Batcher(decoder, eos=set(), max_queue=max_queue, cache_bytes=cache_bytes)
 
 
@@ -228,15 +228,17 @@ def test_onnxruntime_copies_save_a_slots_tokens_and_write_back_only_where_they_g
     rng = np.random.default_rng(0)
     for b in buffers:
         b.host[...] = rng.standard_normal(b.host.shape)
-    copies = KVCopies(buffers, "CPUExecutionProvider")
+    copies = KVCopies(decoder.kv, "CPUExecutionProvider")
     copies.check()  # what a GPU engine runs before it keeps a prompt cache
-    saved = copies.save(1, 5, 17)
-    assert [s.shape for s in saved] == [(1, *buffers[0].shape[1:2], 12, buffers[0].shape[3])] * len(buffers)
-    assert all(np.array_equal(s.value.numpy()[0], b.host[1, :, 5:17]) for s, b in zip(saved, buffers))
+    saved = copies.save(1, 5, 17)  # per layer [key, value], as the prompt cache keeps it
+    flat = [rows for pair in saved for rows in pair]
+    assert [len(pair) for pair in saved] == [2] * len(decoder.kv)
+    assert [p.shape for p in flat] == [(1, *buffers[0].shape[1:2], 12, buffers[0].shape[3])] * len(buffers)
+    assert all(np.array_equal(p.value.numpy()[0], b.host[1, :, 5:17]) for p, b in zip(flat, buffers))
     before = [b.host.copy() for b in buffers]
     copies.load(2, 40, saved)
-    for s, b, old in zip(saved, buffers, before):
-        assert np.array_equal(b.host[2, :, 40:52], s.value.numpy()[0])
+    for p, b, old in zip(flat, buffers, before):
+        assert np.array_equal(b.host[2, :, 40:52], p.value.numpy()[0])
         b.host[2, :, 40:52] = old[2, :, 40:52]
         assert np.array_equal(b.host, old)  # nothing else moved
 

@@ -165,7 +165,7 @@ class SlotDecoder:
         self._copies, self.can_save = None, True  # save() and load(): numpy copies on the CPU
         if self.device != "cpu":
             try:
-                self._copies = KVCopies([b for pair in self.kv for b in pair], "CUDAExecutionProvider")
+                self._copies = KVCopies(self.kv, "CUDAExecutionProvider")
                 self._copies.check()
             except Exception as exc:  # noqa: BLE001 - serving goes on, every prompt computed
                 log.warning("no prompt cache on %s: %s", self.device, str(exc).splitlines()[0])
@@ -265,14 +265,13 @@ class SlotDecoder:
     def save(self, slot: int, start: int, end: int) -> list:
         """A copy of the slot's cache for its tokens start..end-1, on the cache's device: per layer [key, value]."""
         if self._copies is not None:
-            flat = self._copies.save(slot, start, end)
-            return [flat[i:i + 2] for i in range(0, len(flat), 2)]
+            return self._copies.save(slot, start, end)
         return [[b.host[slot, :, start:end].copy() for b in pair] for pair in self.kv]
 
     def load(self, slot: int, start: int, saved: list) -> None:
         """Put saved cache rows back into a slot from token `start`."""
         if self._copies is not None:
-            self._copies.load(slot, start, [rows for pair in saved for rows in pair])
+            self._copies.load(slot, start, saved)
             return
         for pair, copies in zip(self.kv, saved):
             for buffer, copy in zip(pair, copies):

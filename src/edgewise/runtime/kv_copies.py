@@ -1,7 +1,8 @@
 """A slot's KV rows saved and written back where they live, for the prompt cache on a GPU: onnxruntime runs the
 copies itself (a Slice per buffer out; a ScatterND per buffer bound in place, which onnxruntime's CUDA kernel runs
 without copying the rest of the buffer), so cached pieces never leave device memory. The buffers are the decoder's
-[slots, kv_heads, context, head_size] rows (anything with shape, dtype, device and ptr(slot))."""
+[key, value] pairs of [slots, kv_heads, context, head_size] rows per layer (anything with shape, dtype, device and
+ptr(slot)); a saved piece comes back in the same pairs, as the prompt cache keeps it."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,11 +23,11 @@ class KVCopies:
     start..end of one slot out, a ScatterND per buffer (its output bound to its input: onnxruntime scatters in
     place) writes them back. On a GPU the prompt cache never leaves device memory."""
 
-    def __init__(self, buffers: list, provider: str):
+    def __init__(self, pairs: list, provider: str):
         import onnxruntime as ort
         from onnx import helper
 
-        self.buffers = buffers
+        self.buffers = buffers = [b for pair in pairs for b in pair]
         self.heads, self.context, self.head_size = buffers[0].shape[1:]
         t = helper.np_dtype_to_tensor_dtype(buffers[0].dtype)
         kv = [helper.make_tensor_value_info(f"kv{i}", t, [1, self.heads, self.context, self.head_size])
@@ -57,7 +58,9 @@ class KVCopies:
         """Raise unless tokens 0-1 of slot 0, written at 2-3, read back byte for byte (the slot holds nothing yet)."""
         saved = self.save(0, 0, 2)
         self.load(0, 2, saved)
-        if any(a.value.numpy().tobytes() != b.value.numpy().tobytes() for a, b in zip(saved, self.save(0, 2, 4))):
+        back = self.save(0, 2, 4)
+        if any(a.value.numpy().tobytes() != b.value.numpy().tobytes()
+               for pair, again in zip(saved, back) for a, b in zip(pair, again)):
             raise RuntimeError("the device's KV copies do not read back what they wrote")
 
     def _bind_slot(self, io, slot: int, outputs: bool) -> None:
@@ -67,7 +70,7 @@ class KVCopies:
             if outputs:
                 io.bind_output(f"o{i}", buffer.device, 0, buffer.dtype, shape, buffer.ptr(slot))
 
-    def save(self, slot: int, start: int, end: int) -> list[_DeviceRows]:
+    def save(self, slot: int, start: int, end: int) -> list[list[_DeviceRows]]:
         io = self.sessions[0].io_binding()
         self._bind_slot(io, slot, outputs=False)
         for name, value in (("start", start), ("end", end), ("axis", 2)):
@@ -75,9 +78,11 @@ class KVCopies:
         for i, buffer in enumerate(self.buffers):
             io.bind_output(f"s{i}", buffer.device)
         self.sessions[0].run_with_iobinding(io)
-        return [_DeviceRows(v) for v in io.get_outputs()]
+        rows = [_DeviceRows(v) for v in io.get_outputs()]
+        return [rows[i:i + 2] for i in range(0, len(rows), 2)]
 
-    def load(self, slot: int, start: int, saved: list[_DeviceRows]) -> None:
+    def load(self, slot: int, start: int, saved: list[list[_DeviceRows]]) -> None:
+        saved = [rows for pair in saved for rows in pair]
         n = saved[0].shape[2]
         at = np.zeros((self.heads, n, 3), np.int64)
         at[..., 1] = np.arange(self.heads)[:, None]
