@@ -72,6 +72,18 @@ def tiny_model(kind: str, folder: Path) -> Path:
 FAMILIES = ["llama", "phi3", "mistral", "qwen2", "qwen3", "gemma"]
 
 
+def counting(engine):
+    """The engine, with the number of pieces its decoder computed (not copied from the cache) in engine.computed."""
+    prefill, engine.computed = engine.decoder.prefill, 0
+
+    def counted(*args):
+        engine.computed += 1
+        return prefill(*args)
+
+    engine.decoder.prefill = counted
+    return engine
+
+
 @pytest.fixture(scope="session", params=FAMILIES)
 def tiny(request, tmp_path_factory) -> Path:
     return tiny_model(request.param, tmp_path_factory.mktemp(request.param))

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import RECORDS
+from conftest import RECORDS, counting
 
 from edgewise.core.errors import EdgewiseError
 from edgewise.models.onnx_lora import LAYOUT, write_adapter
@@ -177,18 +177,6 @@ def test_sampling_is_seeded_per_request_and_greedy_at_the_limits():
     assert top5 <= set(np.argsort(-logits)[:5].tolist()) and len(top5) > 1
 
 
-def _counting(engine):
-    """The engine, with the number of pieces its decoder computed (not copied from the cache) in engine.computed."""
-    prefill, engine.computed = engine.decoder.prefill, 0
-
-    def counted(*args):
-        engine.computed += 1
-        return prefill(*args)
-
-    engine.decoder.prefill = counted
-    return engine
-
-
 def _answers(engine, cases, order, close=True):
     try:
         return {i: list(engine.submit(Job(*cases[i], Sampling(max_new_tokens=N))).results()) for i in order}
@@ -205,7 +193,7 @@ def test_the_prompt_cache_reuses_pieces_and_changes_nothing(served, runtime, ort
     cases = [(prompts[i % 4], (None, "one", "wide")[i % 3]) for i in range(6)]
 
     def engine(slots, cache=2**20):
-        e = _counting(_engine(served, slots, cache_bytes=cache, chunk=4, ort_copies=ort_copies and cache > 0))
+        e = counting(_engine(served, slots, cache_bytes=cache, chunk=4, ort_copies=ort_copies and cache > 0))
         e.prefix = prompts[0][:n]
         return e
 
@@ -250,7 +238,7 @@ def test_a_conversation_reuses_its_history(served, runtime):
     asked = runtime.prompt_ids(first)
     assert turn[:len(asked)] == asked
     cases = [(asked, "one"), (turn, "one")]
-    warm = _counting(_engine(served, slots=1, context=256, chunk=8))
+    warm = counting(_engine(served, slots=1, context=256, chunk=8))
     got = _answers(warm, cases, [0], close=False)
     before = warm.computed
     got |= _answers(warm, cases, [1])

@@ -2,6 +2,7 @@
 checkpoint and an adapter that learns, and AWQ on the GPU stays as close to fp32 as on the CPU."""
 import pytest
 import torch
+from conftest import counting
 
 from edgewise import engine
 from edgewise.models.checkpoint import load_model, read_tensors
@@ -168,13 +169,11 @@ def test_the_prompt_cache_on_cuda_stays_on_the_device_and_changes_no_answer(tiny
     def answers(cache_bytes):
         decoder = SlotDecoder(model, adapters, slots=2, context=128)
         decoder.prefill_chunk = 8
-        computed, prefill = [], decoder.prefill
-        decoder.prefill = lambda *a: computed.append(1) or prefill(*a)
-        batcher = Batcher(decoder, eos=set(), cache_bytes=cache_bytes, prefix=head)
+        batcher = counting(Batcher(decoder, eos=set(), cache_bytes=cache_bytes, prefix=head))
         try:
             runs = [[list(batcher.submit(Job(ids, adapter, Sampling(6))).results()) for ids, adapter in cases]
                     for _ in range(2)]
-            return runs, len(computed), batcher.cache
+            return runs, batcher.computed, batcher.cache
         finally:
             batcher.close()
 
