@@ -33,8 +33,12 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -x -m "not e2e" tests
 
+# The CPU figures of BENCHMARKS.md that need nothing beyond the venv; every other script in bench/ says in its
+# docstring what it needs (a GPU, llama.cpp built apart, an export to compare).
 bench: venv
-	$(PY) bench/run_all.py
+	bash bench/steps.sh
+	$(PY) bench/decode.py
+	$(PY) bench/perplexity.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -13,7 +13,6 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-TRAVEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "travel" / "data_sample_travel.jsonl"
 RECORDS = [{"prompt": f"Where should I go in city {i}?", "response": f"Visit the old market and the river {i}!"}
            for i in range(12)]
 

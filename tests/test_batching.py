@@ -2,7 +2,8 @@
 padded) or none, decode exactly as if each ran alone and as onnxruntime-genai runs them; the engine thread admits,
 queues, rejects, cancels and times out requests; sampling is seeded per request."""
 import json
-import time
+import queue
+import threading
 
 import numpy as np
 import pytest
@@ -100,11 +101,29 @@ def _engine(served, slots=2, max_queue=8, context=128, cache_bytes=256 * 2**20, 
     return Batcher(decoder, eos=set(), max_queue=max_queue, cache_bytes=cache_bytes)
 
 
-def _wait(predicate, seconds=30):
-    deadline = time.time() + seconds
-    while not predicate():
-        assert time.time() < deadline
-        time.sleep(0.005)
+class Gate:
+    """A job's output that holds the engine thread at the job's first token until the test opens it: meanwhile the
+    job is running and the engine does nothing else, so what the test does then happens while the job runs, however
+    fast the machine is."""
+
+    def __init__(self):
+        self.items, self.reached, self.opened = queue.SimpleQueue(), threading.Event(), threading.Event()
+
+    def put(self, item):
+        self.items.put(item)
+        self.reached.set()
+        assert self.opened.wait(60), "the test never opened the gate"
+
+    def get(self):
+        return self.items.get()
+
+
+def _held(engine, job):
+    """Submit `job` with a Gate as its output and return once the engine holds at its first token."""
+    job.out = Gate()
+    engine.submit(job)
+    assert job.out.reached.wait(60)
+    return job
 
 
 def test_the_engine_batches_requests_and_each_gets_its_own_answer(served, runtime):
@@ -125,12 +144,13 @@ def test_queue_bound_cancellation_and_timeout(served, runtime):
     ids = _prompts(runtime)[0]
     engine = _engine(served, slots=1, max_queue=1, context=256)  # the long job has room for ~220 tokens
     try:
-        long = engine.submit(Job(ids, "one", Sampling(max_new_tokens=200)))
-        _wait(lambda: engine.batch_size == 1)
+        long = _held(engine, Job(ids, "one", Sampling(max_new_tokens=200)))
+        assert engine.batch_size == 1
         waiting = engine.submit(Job(ids, None, Sampling(max_new_tokens=3)))
         with pytest.raises(QueueFull, match="bound is 1"):
             engine.submit(Job(ids, None, Sampling(max_new_tokens=3)))
         long.cancel()  # the slot frees at the next step and the waiting job runs
+        long.out.opened.set()
         assert len(list(waiting.results())) == 3 and waiting.end.reason == "length"
         assert long.end.reason == "cancelled" and long.produced < 200
         late = engine.submit(Job(ids, None, Sampling(max_new_tokens=100), timeout=0.0))
@@ -138,13 +158,13 @@ def test_queue_bound_cancellation_and_timeout(served, runtime):
         assert late.end.reason == "timeout"
         with pytest.raises(EdgewiseError, match="unknown adapter"):
             engine.submit(Job(ids, "nope", Sampling()))
-        running = engine.submit(Job(ids, None, Sampling(max_new_tokens=200)))
-        _wait(lambda: engine.batch_size == 1)
+        running = _held(engine, Job(ids, None, Sampling(max_new_tokens=200)))
         gone = engine.submit(Job(ids, None, Sampling()))
         gone.cancel()  # a client that left while waiting gives its place in the queue back at once
         engine.submit(Job(ids, None, Sampling(max_new_tokens=1)))
         assert gone.end.reason == "cancelled"
         running.cancel()
+        running.out.opened.set()
     finally:
         engine.close()
 
@@ -255,9 +275,10 @@ def test_a_prompt_prefilled_over_several_turns_is_not_disturbed_by_the_rows_deco
     alone = _answers(_engine(served, cache_bytes=0, chunk=4), [(prompts[2], "one")], [0])[0]
     busy = _engine(served, cache_bytes=0, chunk=4)
     try:
-        x = busy.submit(Job(prompts[0], None, Sampling(max_new_tokens=1)))  # slot 0, done at once
-        a = busy.submit(Job(prompts[1], "wide", Sampling(max_new_tokens=60)))  # slot 1, decoding throughout
-        b = busy.submit(Job(prompts[2], "one", Sampling(max_new_tokens=N)))  # waits, then takes slot 0
+        with busy.cond:  # all three queued before the engine admits any: the overlap is the engine's own order
+            x = busy.submit(Job(prompts[0], None, Sampling(max_new_tokens=1)))  # slot 0, done at its prompt's end
+            a = busy.submit(Job(prompts[1], "wide", Sampling(max_new_tokens=60)))  # slot 1, decoding throughout
+            b = busy.submit(Job(prompts[2], "one", Sampling(max_new_tokens=N)))  # waits, then takes slot 0
         list(x.results())
         assert list(b.results()) == alone
         assert a.end is None  # B's prompt and answer ran while A was decoding

@@ -1,23 +1,7 @@
 """User mistakes end with one clear line, a non-zero exit and nothing written (the table of bad inputs is in
 robustness/test_bad_inputs.py)."""
-import json
-import subprocess
-import sys
 
-import pytest
-
-
-def edgewise(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "edgewise", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
-
-
-def assert_user_error(done, message, out):
-    assert done.returncode == 2, done.stderr
-    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("edgewise: error:")]
-    assert len(lines) == 1 and message in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
-    assert not out.exists()
+from helpers import edgewise
 
 
 def test_output_path_holding_other_files_is_refused(tiny_llama, tmp_path, monkeypatch):

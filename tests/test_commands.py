@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import RECORDS
 from safetensors.torch import load_file
-from test_cli_errors import edgewise
+from helpers import edgewise
 
 from edgewise import engine
 from edgewise.models.checkpoint import load_tokenizer

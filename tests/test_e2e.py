@@ -1,10 +1,9 @@
 """The whole lab chain through the CLI on the real embedded default model (SmolLM2-135M-Instruct), few steps."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -12,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def edgewise(*args, env):
-    done = subprocess.run([sys.executable, "-m", "edgewise", *args], capture_output=True, text=True, env=env,
-                          timeout=900)
+    """The command, which must succeed."""
+    done = helpers.edgewise(*args, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -55,11 +54,11 @@ def _serve_with_limits(model, adapter):
     import urllib.request
 
     import openai
-    from test_serve import _client, _start
+    from helpers import openai_client, start_server
 
-    proc, url = _start(model, {"travel": adapter}, "--max_batch", "1", "--max_queue", "1")
+    proc, url = start_server(model, {"travel": adapter}, "--max_batch", "1", "--max_queue", "1")
     try:
-        client = _client(url)
+        client = openai_client(url)
         chat = dict(messages=[{"role": "user", "content": "Tell me a long story about Paris."}], temperature=0)
         first = client.chat.completions.create(model="base", max_tokens=1500, stream=True, **chat)
         arriving = iter(first)

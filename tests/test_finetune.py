@@ -74,7 +74,7 @@ def test_a_workflows_eval_data_becomes_the_finetunes_held_out_file(tiny_data, un
 
 
 def test_the_command_line_reports_the_held_out_loss(tiny_llama, tiny_data, tmp_path):
-    from test_cli_errors import edgewise
+    from helpers import edgewise
 
     done = edgewise("finetune", "-m", str(tiny_llama), "--data_files", str(tiny_data), "--eval_split", "0.25",
                     "--max_steps", "4", "--lora_r", "4", "--output_path", str(tmp_path / "ft"), "--cache_dir",

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import FAMILIES, tiny_model
-from test_cli_errors import assert_user_error, edgewise
+from helpers import assert_user_error, edgewise, reg
 
 from edgewise import engine
 from edgewise.core.errors import EdgewiseError
@@ -191,7 +191,6 @@ def test_convert_adapters_pads_to_the_fixed_rank(chain, tmp_path):
 def test_the_npu_export_is_cached_registered_and_pulled_whole(chain, tmp_path):
     """The chain's guarantees hold: a second run is a cache hit, the manifest has the lineage with the compile
     metrics, and a registry push/pull gives a folder that generates the same answer."""
-    from test_registry import reg
 
     model, _, ft, cache = chain
     again = engine.run_pass("export", ft, ExportConfig(**NPU), cache)
@@ -257,12 +256,12 @@ def test_serve_runs_the_npu_model_with_its_adapter(chain):
     import signal
 
     import openai
-    from test_serve import _start
+    from helpers import start_server
 
     model, _, _, _ = chain
     adapters = {"travel": model / onnx_lora.ADAPTER_FILE}
     rt = runtime(model, adapters)
-    proc, url = _start(model, adapters)
+    proc, url = start_server(model, adapters)
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
         for name, adapter in (("base", None), ("travel", "travel"), ("base", None)):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from test_cli_errors import assert_user_error, edgewise
+from helpers import assert_user_error, edgewise
 
 UNREACHABLE = {"model_name_or_path": "nobody/no-such-model"}  # reaching for it fails: checks must come first
 

@@ -3,13 +3,12 @@ at random points, two pushes at once, a real `mlflow server`, the Hub without ne
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from test_cli_errors import assert_user_error, edgewise
+from helpers import assert_user_error, edgewise, free_port, reg, wait_until_healthy
 
 
 def folder_with(root, files: dict):
@@ -26,13 +25,13 @@ def model_out(tmp_path):
                                           "model/genai_config.json": b"{}", "model/a.onnx_adapter": os.urandom(3000)})
 
 
-def reg(root, *args):
-    done = edgewise("registry", *args, "--registry", str(root))
-    return done
-
-
 def blobs(root):
     return sorted(p for p in (root / "blobs").glob("*/*"))
+
+
+def stored_blobs(root):
+    """Blobs in place (a file being copied has a dot name until it is renamed into place)."""
+    return [p for p in blobs(root) if not p.name.startswith(".")]
 
 
 def test_push_list_show_pull_alias_delete(model_out, tmp_path):
@@ -88,13 +87,15 @@ PUSH = "import sys; from edgewise.registry import open_registry; open_registry(s
 
 
 def test_killed_pushes_leave_no_half_version(tmp_path):
-    root, big = tmp_path / "reg", folder_with(tmp_path / "big", {f"part{i}.bin": os.urandom(8 << 20) for i in range(8)})
-    start = time.time()
-    subprocess.run([sys.executable, "-c", PUSH, str(tmp_path / "timing"), str(big)], check=True)
-    whole = time.time() - start
-    for step, fraction in enumerate((0.2, 0.4, 0.6, 0.8, 0.95)):  # SIGKILL at points spread over a whole push
+    """SIGKILL at points spread over a push, each the moment the push has stored a given number of its 8 files (its
+    own, so that none is already in the store): 0, 1, 3, 5, 7 and all 8 (in or after its database write)."""
+    root = tmp_path / "reg"
+    for step, stored in enumerate((0, 1, 3, 5, 7, 8)):
+        big = folder_with(tmp_path / f"big{step}", {f"part{i}.bin": os.urandom(8 << 20) for i in range(8)})
+        before = len(stored_blobs(root))
         proc = subprocess.Popen([sys.executable, "-c", PUSH, str(root), str(big)])
-        time.sleep(whole * fraction)
+        while len(stored_blobs(root)) < before + stored and proc.poll() is None:
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for record in json.loads(reg(root, "list", "--json").stdout):  # any visible version is whole
@@ -105,7 +106,7 @@ def test_killed_pushes_leave_no_half_version(tmp_path):
 
     LocalRegistry(root).gc()
     visible = len(json.loads(reg(root, "list", "--json").stdout))
-    assert len(blobs(root)) == (8 if visible else 0)  # stray files of killed pushes are reclaimed
+    assert len(blobs(root)) == 8 * visible  # stray files of killed pushes are reclaimed
     assert reg(root, "push", str(big), "--name", "m").returncode == 0
 
 
@@ -125,12 +126,6 @@ def test_hub_without_network_is_one_clear_line(model_out, tmp_path):
     assert_user_error(done, "needs the network", tmp_path / "nothing")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
@@ -139,14 +134,7 @@ def mlflow_server(tmp_path):
                              "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    import urllib.request
-
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
+    wait_until_healthy(proc, f"http://127.0.0.1:{port}/health")
     yield f"mlflow:http://127.0.0.1:{port}"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

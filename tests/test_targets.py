@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from test_cli_errors import assert_user_error, edgewise
+from helpers import assert_user_error, edgewise
 
 from edgewise import engine
 from edgewise.core.errors import EdgewiseError

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_serve import _start
+from helpers import start_server
 
 from edgewise import engine
 from edgewise.models.onnx_lora import ADAPTER_FILE
@@ -126,7 +126,7 @@ def test_serve_answers_on_webgpu_as_the_runtime_does(exports, ran):
     import openai
 
     model = exports["webgpu"]
-    proc, url = _start(model, {"travel": model / ADAPTER_FILE}, env=webgpu_env())
+    proc, url = start_server(model, {"travel": model / ADAPTER_FILE}, env=webgpu_env())
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
         for name, adapter in (("base", "None"), ("travel", "travel")):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from test_cli_errors import assert_user_error, edgewise
+from helpers import assert_user_error, edgewise
 
 
 def write_flow(tmp_path, flow: dict, name="flow.yaml"):

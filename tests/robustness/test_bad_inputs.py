@@ -10,7 +10,7 @@ import pytest
 import torch
 from ledger import record
 from safetensors.torch import save_file
-from test_cli_errors import edgewise
+from helpers import edgewise
 
 M = "--model_name_or_path"
 DATA = {

@@ -7,7 +7,7 @@ import sys
 import threading
 
 from ledger import record
-from test_interruptions import digests
+from helpers import digests
 
 
 def chain(tiny_llama, tiny_data, cache, out, registry, logs: list) -> None:

@@ -8,8 +8,8 @@ import signal
 from pathlib import Path
 
 from ledger import record
-from test_cli_errors import edgewise
-from test_serve import _start
+from helpers import edgewise
+from helpers import start_server
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "edgewise"
 
@@ -85,7 +85,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def test_server_binds_loopback_by_default(tiny_onnx):
-    proc, url = _start(tiny_onnx.model, {})
+    proc, url = start_server(tiny_onnx.model, {})
     try:
         port = int(url.rsplit(":", 1)[1])
         addresses = listening_addresses(port)
@@ -99,7 +99,7 @@ def test_server_binds_loopback_by_default(tiny_onnx):
 
 
 def test_server_on_all_interfaces_without_a_key_warns(tiny_onnx):
-    proc, url = _start(tiny_onnx.model, {}, "--host", "0.0.0.0")
+    proc, url = start_server(tiny_onnx.model, {}, "--host", "0.0.0.0")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     stderr = proc.log.read_text()

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from ledger import record
 from schemathesis import GenerationMode
-from test_serve import _http, _start
+from helpers import http, start_server
 
 
 @pytest.fixture(scope="module")
 def server(tiny_onnx):
-    proc, url = _start(tiny_onnx.model, tiny_onnx.adapters)
+    proc, url = start_server(tiny_onnx.model, tiny_onnx.adapters)
     yield proc, url
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
@@ -51,7 +51,7 @@ def test_no_5xx_and_no_crash(server, mode, known_model):
             fuzz()
         except Unsatisfiable:  # an operation without parameters or body has no invalid form
             assert mode == GenerationMode.NEGATIVE and not statuses
-    alive = proc.poll() is None and _http("GET", f"{url}/health")[0] == 200
+    alive = proc.poll() is None and http("GET", f"{url}/health")[0] == 200
     assert "Traceback" not in proc.log.read_text(), proc.log.read_text()[-3000:]
     errors = sum(n for codes in seen.values() for code, n in codes.items() if code >= 500)
     record("server fuzzing", f"{mode.value} requests{', loaded models' if known_model else ''}, every operation", "pass" if alive and not errors else "FAIL",
