@@ -48,16 +48,23 @@ class _Captured(Exception):
 
 
 def first_layer_inputs(model, windows: torch.Tensor, batch_size: int):
-    """Hidden states entering decoder layer 0 for each batch, and the keyword arguments the layer receives."""
-    layer0 = decoder_layers(model)[0]
-    hidden, kwargs = [], {}
+    """Hidden states entering decoder layer 0 for each batch, and the keyword arguments each decoder layer receives
+    (a list, one per layer: where layers differ in kind, as Gemma's sliding-window and global ones, each kind gets its
+    own mask and rotary embeddings). The first batch runs up to the last layer to see them all; the others stop at
+    layer 0."""
+    layers = decoder_layers(model)
+    hidden, kwargs, stop = [], [{} for _ in layers], [len(layers) - 1]
 
-    def grab(_module, args, kw):
-        hidden.append(args[0] if args else kw.pop("hidden_states"))
-        kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
-        raise _Captured
+    def grab(i):
+        def hook(_module, args, kw):
+            if i == 0:
+                hidden.append(args[0] if args else kw["hidden_states"])
+            kwargs[i] = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values", "cache")}
+            if i == stop[0]:
+                raise _Captured
+        return hook
 
-    handle = layer0.register_forward_pre_hook(grab, with_kwargs=True)
+    handles = [layer.register_forward_pre_hook(grab(i), with_kwargs=True) for i, layer in enumerate(layers)]
     device = next(model.parameters()).device
     try:
         for batch in windows.split(batch_size):
@@ -65,10 +72,12 @@ def first_layer_inputs(model, windows: torch.Tensor, batch_size: int):
                 model(input_ids=batch.to(device), use_cache=False)
             except _Captured:
                 pass
+            stop[0] = 0
     finally:
-        handle.remove()
-    kwargs.pop("past_key_values", None)
-    kwargs["use_cache"] = False
+        for handle in handles:
+            handle.remove()
+    for kw in kwargs:
+        kw["use_cache"] = False
     return hidden, kwargs
 
 

@@ -23,7 +23,7 @@ def quantize_model(model, windows: torch.Tensor | None, spec: QuantSpec, algorit
     result: dict[str, QTensor] = {}
     for i, layer in enumerate(tqdm(decoder_layers(model), desc=f"{algorithm} int{spec.bits}", unit="layer",
                                    leave=False)):
-        grams = _scaled_grams(layer, arch, algo, hidden, kwargs, spec, n_grid) if algo.calibrated else {}
+        grams = _scaled_grams(layer, arch, algo, hidden, kwargs[i], spec, n_grid) if algo.calibrated else {}
         for group in arch.groups:
             for name in group.linears:
                 linear = layer.get_submodule(name)
@@ -34,7 +34,7 @@ def quantize_model(model, windows: torch.Tensor | None, spec: QuantSpec, algorit
                 linear.weight.copy_(qt.dequantize().to(linear.weight.dtype))
                 result[f"{arch.layers}.{i}.{name}"] = qt
         if algo.calibrated:
-            hidden = run_layer(layer, hidden, kwargs)
+            hidden = run_layer(layer, hidden, kwargs[i])
     return result
 
 
