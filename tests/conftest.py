@@ -35,35 +35,58 @@ def tiny_tokenizer(folder: Path):
     return fast
 
 
+# Each family's tiny config beyond the common sizes: (transformers config class, its arguments). Partial-rotary
+# families get a head_dim whose rotary half is a multiple of 8, which onnxruntime's attention needs.
+TINY = {
+    "llama": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(num_key_value_heads=2, tie_word_embeddings=False, sliding_window=None)),
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=False)),
+    "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)),
+    "gemma": ("GemmaConfig", dict(num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)),
+    # transformers' default original_max_position_embeddings (4096) with a 256 window and no rope scaling: the export
+    # repairs what the builder would take for LongRoPE
+    "phi3": ("Phi3Config", dict(num_key_value_heads=4, tie_word_embeddings=False)),
+    # Phi-4-mini's shape: Phi-3 with 3/4 of each head rotated, tied embeddings
+    "phi4mini": ("Phi3Config", dict(num_key_value_heads=2, head_dim=64, partial_rotary_factor=0.75,
+                                    original_max_position_embeddings=256, tie_word_embeddings=True)),
+    "gemma2": ("Gemma2Config", dict(num_key_value_heads=2, head_dim=16, sliding_window=16,
+                                    tie_word_embeddings=True)),
+    "gemma3_text": ("Gemma3TextConfig", dict(num_key_value_heads=2, head_dim=16, sliding_window=16,
+                                             layer_types=["sliding_attention", "full_attention"],
+                                             tie_word_embeddings=True)),
+    "granite": ("GraniteConfig", dict(num_key_value_heads=2, embedding_multiplier=4.0, residual_multiplier=0.5,
+                                      attention_multiplier=0.125, logits_scaling=2.0, tie_word_embeddings=True)),
+    "smollm3": ("SmolLM3Config", dict(num_key_value_heads=2, no_rope_layers=[1, 0], tie_word_embeddings=True)),
+    "olmo": ("OlmoConfig", dict(num_key_value_heads=2, tie_word_embeddings=False)),
+    "phi": ("PhiConfig", dict(num_key_value_heads=2, head_dim=32, partial_rotary_factor=0.5,
+                              tie_word_embeddings=False)),
+    "nemotron": ("NemotronConfig", dict(num_key_value_heads=2, head_dim=32, partial_rotary_factor=0.5,
+                                        tie_word_embeddings=False)),
+    "ernie4_5": ("Ernie4_5Config", dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)),
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", dict(num_key_value_heads=2, head_dim=16,
+                                                      tie_word_embeddings=False)),
+}
+
+
 def tiny_model(kind: str, folder: Path) -> Path:
-    from transformers import (AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
-                              Qwen3Config)
+    import transformers
+    from transformers import AutoModelForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = tiny_tokenizer(folder)
     common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    if kind == "llama":
-        config = LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common)
-    elif kind == "mistral":
-        config = MistralConfig(num_key_value_heads=2, tie_word_embeddings=False, sliding_window=None, **common)
-    elif kind == "qwen2":
-        config = Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=False, **common)
-    elif kind == "qwen3":
-        config = Qwen3Config(num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, **common)
-    elif kind == "gemma":
-        config = GemmaConfig(num_key_value_heads=1, head_dim=16, tie_word_embeddings=True, **common)
-    else:
-        # transformers' default original_max_position_embeddings (4096) with a 256 window and no rope scaling:
-        # the export repairs what the builder would take for LongRoPE
-        config = Phi3Config(num_key_value_heads=4, tie_word_embeddings=False, **common)
+    name, extra = TINY[kind]
+    config = getattr(transformers, name)(**common, **extra)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # larger weights than the init's 0.02 so that logits are not near-ties
-        for p in model.parameters():
+        for n, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.15)
+            elif "norm" in n:  # norms away from their init, so that offsets (Gemma's 1 + w) and biases count
+                p.add_(torch.randn_like(p) * 0.05)
     model.save_pretrained(folder)
     return folder
 

@@ -24,7 +24,7 @@ LAYOUT = "lora_layout.json"
 ADAPTER_FILE = "adapter_weights.onnx_adapter"
 # The builder names a projection /model/layers.N/attn|mlp/NAME/MatMul, MatMulNBits when the checkpoint was already
 # int4, and MatMul_Q4 (a MatMulNBits node) when it quantizes an fp checkpoint itself.
-_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+_proj)/MatMul(?:NBits)?(?:_Q\d+)?$")
+_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+_proj|fc\d)/MatMul(?:NBits)?(?:_Q\d+)?$")
 
 
 def _weight_shape(node, inits) -> tuple[int, int]:
@@ -109,7 +109,7 @@ def _insert_after(graph, pairs) -> None:
 
 # --- adapters ------------------------------------------------------------------------------------------------------
 
-_PEFT_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
+_PEFT_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj|fc\d|dense)\.lora_([AB])(?:\.default)?\.weight$")
 
 
 def peft_pieces(adapter_dir: Path, config) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:

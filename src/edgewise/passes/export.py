@@ -15,7 +15,7 @@ from edgewise.core.artifact import MODEL, Artifact, model_and_adapter
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import link_tree
 from edgewise.core.log import log
-from edgewise.models.archs import repair_config, unpacked
+from edgewise.models.archs import ARCHS, repair_config, unpacked
 from edgewise.models.targets import DEVICES, PRECISIONS, PRECISIONS_BY_TARGET, PROVIDERS, check_precision, target_for
 from edgewise.passes import register
 
@@ -90,7 +90,12 @@ def builder_input(folder: Path, precision: str, work: Path) -> Path:
     from edgewise.models.hf_config import config_json, quantization_config
 
     qconfig = quantization_config(folder)
-    if qconfig and {"int4": 4, "int8": 8}.get(precision) != qconfig["bits"]:  # a float export of a quantized model
+    arch = ARCHS.get(config_json(folder).get("model_type"))
+    if qconfig and arch and not arch.builder_reads_quantized and precision in ("int4", "int8"):
+        log.warning("the builder cannot read a quantized %s checkpoint: it re-quantizes the dequantized weights "
+                    "(its own %s, not the ints quantize chose)", arch.model_type, precision)
+    requantized = arch is not None and not arch.builder_reads_quantized
+    if qconfig and ({"int4": 4, "int8": 8}.get(precision) != qconfig["bits"] or requantized):
         dense = work / "dequantized"
         if not (dense / "config.json").is_file():
             model = load_model(folder)  # transformers' own bars are silenced there
@@ -114,7 +119,7 @@ def run_builder(src: Path, out: Path, config: ExportConfig, work: Path) -> None:
     extra = ["hf_remote=false"]
     if config.precision == "int4" and config.lm_head_bits == 8:
         extra.append("matmul_mixed_precision=last_matmul:int8")
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+    cmd = [sys.executable, "-m", "edgewise.models.builder_fixes", "-i", str(src), "-o", str(out),
            "-p", config.precision, "-e", execution_provider(config), "-c", str(work / "builder_cache"),
            "--extra_options", *extra]
     log_path = work / "builder.log"

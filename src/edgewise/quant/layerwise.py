@@ -62,6 +62,8 @@ def _fold_scale(layer, group: InputGroup, s: torch.Tensor, arch: Arch) -> None:
     else:
         w = prev.weight.float()
         prev.weight.copy_(((w + arch.norm_offset) / s - arch.norm_offset).to(prev.weight.dtype))
+        if getattr(prev, "bias", None) is not None:  # a LayerNorm's shift scales with it
+            prev.bias /= s.to(prev.bias.dtype)
     for name in group.linears:
         linear = layer.get_submodule(name)
         linear.weight.mul_(s.view(1, -1).to(linear.weight.dtype))
