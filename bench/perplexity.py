@@ -1,11 +1,12 @@
 """Perplexity of the default model (fp32) and its int4 quantizations (group 32, integer zero point) on two held-out
 sets: English prose (docstrings of Python standard-library modules) and the lab's travel answers
 (../shared/data/travel). Calibration: edgewise's default text (16 x 512 tokens), as `edgewise quantize` uses it.
-Usage: python bench/perplexity.py [awq,gptq,rtn]"""
+--model takes any source edgewise takes (a folder, a .gguf file); the default is the embedded SmolLM2.
+Usage: python bench/perplexity.py [awq,gptq,rtn] [--model PATH]"""
+import argparse
 import copy
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,8 +34,12 @@ def perplexity(model, windows: torch.Tensor) -> float:
     return math.exp(-np.concatenate([scorer.logprobs(w.tolist()) for w in windows]).mean())
 
 
+parser = argparse.ArgumentParser()
+parser.add_argument("algorithms", nargs="?", default="rtn,awq,gptq")
+parser.add_argument("--model", default=None)
+args = parser.parse_args()
 torch.manual_seed(0)
-folder = sources.resolve(None, engine.cache_root())
+folder = sources.resolve(args.model, engine.cache_root())
 tok, base = load_tokenizer(folder), load_model(folder)
 held_out = {"prose": token_windows(tok, stdlib_prose(), 16, 512),
             "travel": token_windows(tok, [json.loads(line)["response"] for line in TRAVEL.open()], 8, 512)}
@@ -43,7 +48,7 @@ ref = {name: perplexity(base, windows) for name, windows in held_out.items()}
 print("| model | prose ppl | vs fp32 | travel ppl | vs fp32 | quantize time |")
 print("| --- | --- | --- | --- | --- | --- |")
 print(f"| fp32 | {ref['prose']:.3f} | | {ref['travel']:.3f} | | |", flush=True)
-for algorithm in (sys.argv[1] if len(sys.argv) > 1 else "rtn,awq,gptq").split(","):
+for algorithm in args.algorithms.split(","):
     model, start = copy.deepcopy(base), time.time()
     quantize_model(model, calibration, QuantSpec(4, 32, True), algorithm)
     seconds = time.time() - start

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The lab chain on the embedded default model (SmolLM2-135M-Instruct), offline, on a CPU:
 # quantize (AWQ int4) -> finetune (LoRA, 100 steps) -> auto-opt (ONNX Runtime GenAI + .onnx_adapter) -> generate.
+# DEMO_MODEL=PATH runs it on another model (a folder, hub id or .gguf file), e.g. Gemma 3 270M.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo-out}
@@ -8,7 +9,8 @@ STEPS=${DEMO_STEPS:-100}
 QUESTION=${DEMO_QUESTION:-"What's a must-see in Paris?"}
 export EDGEWISE_REGISTRY=${EDGEWISE_REGISTRY:-$OUT/registry}   # the embedded model registry (SQLite + files)
 
-edgewise quantize --algorithm awq --output_path "$OUT/awq" --log_level 1
+edgewise quantize --algorithm awq ${DEMO_MODEL:+--model_name_or_path "$DEMO_MODEL"} --output_path "$OUT/awq" \
+  --log_level 1
 edgewise finetune --method lora --model_name_or_path "$OUT/awq" --data_files examples/travel.jsonl \
   --max_steps "$STEPS" --output_path "$OUT/ft" --log_level 1
 edgewise auto-opt --model_name_or_path "$OUT/ft/model" --adapter_path "$OUT/ft/adapter" --device cpu \

@@ -31,9 +31,6 @@ class Arch:
     norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
     no_clip: tuple[str, ...] = ("q_proj", "k_proj", "qkv_proj")  # AWQ skips clipping where softmax follows
     repairs: tuple = ()  # config.json fixes the model builder needs, each f(config dict) -> note or None
-    # whether the builder's loader reads this family's quantized (GPTQ-format) checkpoints; where it does not (Phi's
-    # fc1/fc2 and final_layernorm are not in its name table) an int4 export re-quantizes the dequantized weights
-    builder_reads_quantized: bool = True
     known: str = ""  # checkpoints of the family people run on devices (README's list)
 
     def linears(self) -> tuple[str, ...]:
@@ -139,7 +136,7 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in (
     _arch("gemma3_text", _GEMMA2_GROUPS, norm_offset=1.0, known="Gemma 3 270M, 1B (text)"),
     _arch("phi3", _PHI3_GROUPS, ("qkv_proj", "o_proj"), repairs=(_plain_rope_window, _longrope_type),
           known="Phi-3, Phi-3.5-mini, Phi-4-mini (partial rotary)"),
-    _arch("phi", _PHI_GROUPS, repairs=(_layer_norm_eps,), builder_reads_quantized=False, known="Phi-1.5, Phi-2"),
+    _arch("phi", _PHI_GROUPS, repairs=(_layer_norm_eps,), known="Phi-1.5, Phi-2"),
     # multipliers on embeddings, attention, residuals and logits: none sits between a norm and its linears
     _arch("granite", known="Granite 3.x"),
     _arch("smollm3", known="SmolLM3"),  # NoPE every fourth layer: a graph fact, not a weight one
@@ -170,15 +167,23 @@ REFUSED = {
     "granitemoehybrid": "Mamba layers, which the builder does not export (and it drops experts without an error)",
     "lfm2": "a hybrid of convolution and attention layers: AWQ and LoRA over its convolutions are not built yet",
     "olmo2": "onnxruntime-genai 0.18's builder has no OLMo 2 (norms after attention and MLP, full-width q/k norms)",
-    "gemma3": "a vision-language model: export its text decoder (Gemma3ForCausalLM, model_type gemma3_text)",
+    "internlm2": "its model code ships with the checkpoint (remote code), not with transformers 5",
+    **dict.fromkeys(("gemma3", "phi4_multimodal", "qwen2_5_vl", "qwen3_vl", "mistral3", "lfm2_vl"),
+                    "a vision-language model: edgewise takes text decoders (carrying the vision part through the "
+                    "chain unchanged is not built yet)"),
 }
+
+
+def refuse_known(model_type: str | None) -> None:
+    """One line saying why, for a family edgewise knows it does not take (checked on config.json, before loading)."""
+    if model_type in REFUSED:
+        raise EdgewiseError(f"architecture '{model_type}' is not supported: {REFUSED[model_type]}")
 
 
 def arch_for(config) -> Arch:
     """The table entry for a transformers config, or one clear error naming what is supported."""
     model_type = getattr(config, "model_type", None)
-    if model_type in REFUSED:
-        raise EdgewiseError(f"architecture '{model_type}' is not supported: {REFUSED[model_type]}")
+    refuse_known(model_type)
     if model_type not in ARCHS:
         supported = ", ".join(sorted(ARCHS))
         raise EdgewiseError(f"unsupported architecture '{model_type}': edgewise supports {supported}")

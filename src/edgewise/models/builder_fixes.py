@@ -10,6 +10,9 @@ logits with PyTorch's on a tiny model, and tests/test_families.py keeps checking
   error) and ignores `clip_qkv`.
 - SmolLM3: on its NoPE layers the builder turns RoPE off inside attention only and then adds rotary nodes that need
   a position_ids input the graph lacks (KeyError 'position_ids').
+- Phi (2): the loader of quantized checkpoints knows neither Phi's final_layernorm nor its dense, fc1 and fc2 (it
+  stops on 'final_layernorm' read as a layer number); they are read under the names it knows and handed to the Phi
+  builder as fc1/fc2.
 
 The fixes wrap the builder's classes by name in this process only; the installed package is not touched."""
 from __future__ import annotations
@@ -92,7 +95,31 @@ def _fix_smollm3(model_class, base_class) -> None:
     model_class.make_attention = fixed
 
 
-FIXES = {"Gemma3Model": _fix_gemma3, "OLMoModel": _fix_olmo, "SmolLM3Model": _fix_smollm3}
+_PHI_NAMES = (("model.final_layernorm.", "model.norm."), (".self_attn.dense.", ".self_attn.o_proj."),
+              (".mlp.fc1.", ".mlp.up_proj."), (".mlp.fc2.", ".mlp.down_proj."))
+
+
+def _fix_phi(model_class, base_class) -> None:
+    load_weights = model_class.load_weights
+
+    def fixed(self, input_path):
+        if self.quant_type is None:
+            return load_weights(self, input_path)
+        from loaders.base import QuantizedModel  # the module the builder itself imports
+
+        QuantizedModel.weight_name_replacements = _PHI_NAMES
+        try:
+            model = load_weights(self, input_path)
+        finally:
+            del QuantizedModel.weight_name_replacements
+        for layer in model.layers:
+            layer.mlp.fc1, layer.mlp.fc2 = layer.mlp.up_proj, layer.mlp.down_proj
+        return model
+
+    model_class.load_weights = fixed
+
+
+FIXES = {"Gemma3Model": _fix_gemma3, "OLMoModel": _fix_olmo, "SmolLM3Model": _fix_smollm3, "PhiModel": _fix_phi}
 
 
 def main() -> None:

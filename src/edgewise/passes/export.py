@@ -15,7 +15,7 @@ from edgewise.core.artifact import MODEL, Artifact, model_and_adapter
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import link_tree
 from edgewise.core.log import log
-from edgewise.models.archs import ARCHS, repair_config, unpacked
+from edgewise.models.archs import repair_config, unpacked
 from edgewise.models.targets import DEVICES, PRECISIONS, PRECISIONS_BY_TARGET, PROVIDERS, check_precision, target_for
 from edgewise.passes import register
 
@@ -90,12 +90,7 @@ def builder_input(folder: Path, precision: str, work: Path) -> Path:
     from edgewise.models.hf_config import config_json, quantization_config
 
     qconfig = quantization_config(folder)
-    arch = ARCHS.get(config_json(folder).get("model_type"))
-    if qconfig and arch and not arch.builder_reads_quantized and precision in ("int4", "int8"):
-        log.warning("the builder cannot read a quantized %s checkpoint: it re-quantizes the dequantized weights "
-                    "(its own %s, not the ints quantize chose)", arch.model_type, precision)
-    requantized = arch is not None and not arch.builder_reads_quantized
-    if qconfig and ({"int4": 4, "int8": 8}.get(precision) != qconfig["bits"] or requantized):
+    if qconfig and {"int4": 4, "int8": 8}.get(precision) != qconfig["bits"]:  # a float export of a quantized model
         dense = work / "dequantized"
         if not (dense / "config.json").is_file():
             model = load_model(folder)  # transformers' own bars are silenced there

@@ -11,7 +11,7 @@ from edgewise.core.artifact import Artifact, folder_artifact
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import atomic_dir, file_sha256
 from edgewise.core.log import log
-from edgewise.models.archs import ARCHS
+from edgewise.models.archs import ARCHS, refuse_known
 from edgewise.models.hf_config import model_type
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct (embedded)"
@@ -29,6 +29,7 @@ class InputModel:
 def open_source(model: InputModel, cache_root: Path) -> Artifact:
     """The input model as a local HF folder artifact; an unsupported architecture stops here, before any work."""
     folder = resolve(model.model_name_or_path, cache_root, model.trust_remote_code)
+    refuse_known(model_type(folder))
     if model_type(folder) not in ARCHS:  # transformers (slow to import) says what is wrong with the config
         from edgewise.models.checkpoint import read_config
 
