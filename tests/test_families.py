@@ -1,7 +1,8 @@
 """Every family of the architecture table on a tiny random model of its own (conftest.TINY): AWQ's scale folding
 keeps the function (the table names each group's real producer: norms with offsets and biases, packed rows); then
 the chain quantize (AWQ) -> finetune (LoRA on the int4 model) -> auto-opt: the int4 export holds exactly the ints
-that quantize chose and its adapter changes the answer; the fp32 export gives PyTorch's logits, with the adapter
+that quantize chose and its adapter changes the answer; the CUDA export (fp16), built here, passes the structural
+checks with its adapter; the fp32 export gives PyTorch's logits, with the adapter
 PyTorch + PEFT's, and with a zero adapter exactly the base. The six families of test_chain.py run their deeper
 per-pass tests there; here each family runs the chain once."""
 import json
@@ -17,6 +18,7 @@ from onnx import numpy_helper
 from edgewise import engine
 from edgewise.models.archs import ARCHS, arch_for, projection_sizes, unpacked
 from edgewise.models.checkpoint import load_model, read_tensors
+from edgewise.models.checks import check_export
 from edgewise.models.onnx_lora import ADAPTER_FILE, adapter_tensors, write_adapter
 from edgewise.models.qtensor import unpack_gptq
 from edgewise.passes.export import ExportConfig
@@ -108,6 +110,11 @@ def test_the_chain_on_every_family(family, tiny_data, tmp_path):
     assert exact_ints(q.path, int4) >= 2 * 2  # qkv and o at least, in both layers
     runtime = Runtime(int4, {"travel": int4 / ADAPTER_FILE})
     assert not np.array_equal(runtime.all_logits(ids, "travel"), runtime.all_logits(ids, None))
+
+    cuda = engine.run_pass("export", engine.folder_artifact(base), ExportConfig(adapter_path=str(adapter),
+                                                                             device="cuda"), cache).path / "model"
+    assert len(check_export(cuda)) == 3  # built here for the GPU: types, shapes, LoRA inputs and adapter (fp16)
+    assert {e["dtype"] for e in json.loads((cuda / "lora_layout.json").read_text()).values()} == {"float16"}
 
     fp32 = engine.run_pass("export", engine.folder_artifact(base),
                            ExportConfig(adapter_path=str(adapter), precision="fp32"), cache).path / "model"
