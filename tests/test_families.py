@@ -156,3 +156,21 @@ def test_a_refused_family_is_one_line_that_says_why(model_type, tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
     done = edgewise("quantize", "-m", str(folder), "--algorithm", "rtn", "-o", str(tmp_path / "out"))
     assert_user_error(done, f"architecture '{model_type}' is not supported: ", tmp_path / "out")
+
+
+def test_a_base_model_without_a_chat_template_exports_and_continues_text(tmp_path):
+    """Pretrained checkpoints often ship no chat template: the export's load check, generate and the server's prompt
+    continue the prompt's text instead of failing on the template."""
+    folder = tiny_model("llama", tmp_path / "base")
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    model = engine.run_pass("export", engine.folder_artifact(folder), ExportConfig(precision="fp32"),
+                            tmp_path / "cache").path / "model"
+    runtime = Runtime(model)
+    text = "Visit the old market"
+    assert runtime.prompt_ids([{"role": "user", "content": text}]) == list(runtime.tokenizer.encode(text))
+    from edgewise.runtime.sampling import Sampling
+
+    assert runtime.generate(text, None, Sampling(max_new_tokens=4))

@@ -23,8 +23,14 @@ class RuntimeMissing(EdgewiseError):
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """A conversation through the model's chat template (with the assistant's opening), as token ids."""
-    text = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    """A conversation through the model's chat template (with the assistant's opening), as token ids. A base model
+    without a chat template (Gemma 3 270M's pretrained weights) continues the conversation's text as it is."""
+    try:
+        text = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    except RuntimeError as exc:  # onnxruntime-genai: "Empty chat template."
+        if "chat template" not in str(exc).lower():
+            raise
+        text = "\n".join(str(m.get("content", "")) for m in messages)
     return list(tokenizer.encode(text))
 
 
