@@ -108,6 +108,8 @@ def test_the_chain_on_every_family(family, tiny_data, tmp_path):
     mlp = {m[1] for n in graph.node if (m := re.match(r"/model/layers\.\d+/mlp/(\w+)/MatMul", n.name))}
     if {"mlp.gate_proj", "mlp.gate_up_proj"} & set(arch.linears()):
         assert mlp == {"gate_up_proj", "down_proj"}  # the CPU export fuses a separate gate and up (Phi-3 ships them so)
+    decoder = json.loads((int4 / "genai_config.json").read_text())["model"]["decoder"]
+    assert "sliding_window" not in decoder  # full-length caches: any max_length loads, one layout for serve
     runtime = Runtime(int4, {"travel": int4 / ADAPTER_FILE})
     assert not np.array_equal(runtime.all_logits(ids, "travel"), runtime.all_logits(ids, None))
 

@@ -111,7 +111,10 @@ def builder_input(folder: Path, precision: str, work: Path) -> Path:
 
 
 def run_builder(src: Path, out: Path, config: ExportConfig, work: Path) -> None:
-    extra = ["hf_remote=false"]
+    # Full-length KV caches on sliding-window layers too (Gemma 2/3): the builder's windowed ones need the runtime's
+    # max_length to reach the window (a 512-token window refused a short load check), and the serve engine keeps
+    # one cache layout for every layer; the layers still attend within their window.
+    extra = ["hf_remote=false", "windowed_kv_cache=false"]
     if config.precision == "int4" and config.lm_head_bits == 8:
         extra.append("matmul_mixed_precision=last_matmul:int8")
     cmd = [sys.executable, "-m", "edgewise.models.builder_fixes", "-i", str(src), "-o", str(out),
