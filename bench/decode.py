@@ -22,11 +22,12 @@ from edgewise.sources import model as sources
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def chain_models(cache: Path, model: str | None) -> dict[str, Path]:
+def chain_models(cache: Path, model: str | None, template: str | None) -> dict[str, Path]:
     """The demo's chain (same configs, so a previous `make demo` is reused from the cache)."""
     base = engine.folder_artifact(sources.resolve(model, cache))
     awq = engine.run_pass("quantize", base, QuantizeConfig(), cache)
-    ft = engine.run_pass("finetune", awq, FinetuneConfig(data_files=str(ROOT / "examples" / "travel.jsonl")), cache)
+    ft = engine.run_pass("finetune", awq, FinetuneConfig(data_files=str(ROOT / "examples" / "travel.jsonl"),
+                                                         text_template=template), cache)
     with_lora = engine.run_pass("export", engine.folder_artifact(ft.path / "model"), ExportConfig(adapter_path=str(ft.path / "adapter")), cache)
     without = engine.run_pass("export", awq, ExportConfig(), cache)
     return {"base": base.path, "lora": with_lora.path / "model", "plain_export": without.path / "model"}
@@ -52,11 +53,12 @@ def size_mb(model_dir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None, help="a folder or .gguf (default: the embedded SmolLM2)")
+    parser.add_argument("--text_template", help="the demo's DEMO_TEMPLATE, for a model without a chat template")
     parser.add_argument("--prompt_tokens", type=int, default=128)
     parser.add_argument("--gen_tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    models = chain_models(engine.cache_root(), args.model)
+    models = chain_models(engine.cache_root(), args.model, args.text_template)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         plain, plain_label = builder_default(models["base"], Path(tmp) / "builder")

@@ -2,6 +2,7 @@
 auto-opt) trained on a seeded 80% of the lab's travel records, scored on the other 20%: the mean response-token loss
 of the exported ONNX model with its adapter, over the same model without it. One row per finetune configuration.
 Usage: python bench/finetune_quality.py [--set 'key=value key=value' ...] [--data FILE] [--json OUT] [--base AWQ_DIR]
+  [--text_template T]
   e.g. --set '' (the defaults) --set 'learning_rate=1e-3 target_modules=q_proj,v_proj'"""
 import argparse
 import json
@@ -39,10 +40,10 @@ def split(path: Path, folder: Path, seed: int = 0, held_out: float = 0.2) -> tup
     return folder / "train.jsonl", folder / "held.jsonl"
 
 
-def response_loss(model: OnnxModel, held: Path) -> tuple[float, int]:
+def response_loss(model: OnnxModel, held: Path, template: str | None = None) -> tuple[float, int]:
     """Token-weighted mean negative log-likelihood of the held-out response tokens (the perplexity evaluator's, as
     its log), and how many tokens it scored."""
-    scores = perplexity.run(model, PerplexityConfig(data_files=str(held), max_samples=10**6))
+    scores = perplexity.run(model, PerplexityConfig(data_files=str(held), max_samples=10**6, text_template=template))
     return math.log(scores["perplexity"]), scores["scored_tokens"]
 
 
@@ -55,10 +56,10 @@ def scalar(text: str):
     return yaml.safe_load(text)
 
 
-def finetune_config(text: str, train: Path) -> FinetuneConfig:
+def finetune_config(text: str, train: Path, template: str | None) -> FinetuneConfig:
     """`key=value key=value` over the defaults, training on `train`."""
     values = {k: scalar(v) for k, v in (item.split("=", 1) for item in text.split())}
-    return from_mapping(FinetuneConfig, {**values, "data_files": str(train)}, "--set")
+    return from_mapping(FinetuneConfig, {**values, "data_files": str(train), "text_template": template}, "--set")
 
 
 def main() -> None:
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=LAB)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--base", type=Path, help="an AWQ output folder to train on (default: run the quantize step)")
+    parser.add_argument("--text_template", help="for a base model without a chat template, e.g. "
+                                                "$'Question: {prompt}\\nAnswer: {response}' (training and scoring)")
     args = parser.parse_args()
     cache = engine.cache_root()
     if args.base:
@@ -79,12 +82,12 @@ def main() -> None:
         n_held, base_loss = len(datasets.load_records(held)), None
         for text in args.set or [""]:
             start = time.time()
-            ft = engine.run_pass("finetune", awq, finetune_config(text, train), cache)
+            ft = engine.run_pass("finetune", awq, finetune_config(text, train, args.text_template), cache)
             seconds = ft.manifest["metrics"].get("train_seconds", time.time() - start)
             onnx = engine.run_pass("export", ft, ExportConfig(), cache).path / "model"
             if base_loss is None:
-                base_loss, tokens = response_loss(OnnxModel(onnx, None), held)
-            loss, _ = response_loss(OnnxModel(onnx, onnx / ADAPTER_FILE), held)
+                base_loss, tokens = response_loss(OnnxModel(onnx, None), held, args.text_template)
+            loss, _ = response_loss(OnnxModel(onnx, onnx / ADAPTER_FILE), held, args.text_template)
             rows.append({"config": text or "defaults", "train_seconds": seconds, "held_out_loss": loss,
                          "base_loss": base_loss, "ratio": loss / base_loss})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
