@@ -29,8 +29,9 @@ class InputModel:
 def open_source(model: InputModel, cache_root: Path) -> Artifact:
     """The input model as a local HF folder artifact; an unsupported architecture stops here, before any work."""
     folder = resolve(model.model_name_or_path, cache_root, model.trust_remote_code)
-    refuse_known(model_type(folder))
-    if model_type(folder) not in ARCHS:  # transformers (slow to import) says what is wrong with the config
+    kind = model_type(folder)
+    refuse_known(kind)
+    if kind not in ARCHS:  # transformers (slow to import) says what is wrong with the config
         from edgewise.models.checkpoint import read_config
 
         read_config(folder, model.trust_remote_code)
