@@ -27,11 +27,15 @@ venv: $(VENV)/.installed
 demo: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
 
+# One worker per core (at most 4): the tests wait for events, never for time, so they pass side by side; a file's
+# tests stay in one worker to share its fixtures.
+PYTEST := $(PY) -m pytest -q -x -n auto --maxprocesses 4 --dist loadfile
+
 test: venv
-	$(PY) -m pytest -q -x tests
+	$(PYTEST) tests
 
 test-fast: venv
-	$(PY) -m pytest -q -x -m "not e2e" tests
+	$(PYTEST) -m "not e2e" tests
 
 # The CPU figures of BENCHMARKS.md that need nothing beyond the venv; every other script in bench/ says in its
 # docstring what it needs (a GPU, llama.cpp built apart, an export to compare).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -66,17 +67,30 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, log: Path | None = None
 
 
 def start_server(model, adapters, *extra, env=None):
-    """`edgewise serve` as a real process on a free port, once it answers /health; proc.log is its stderr."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "edgewise", "serve", str(model), "--port", str(port), *extra]
+    """`edgewise serve` as a real process on a port the server picks and announces (so parallel tests never race
+    for one), once it answers /health; proc.log is its stderr."""
+    cmd = [sys.executable, "-m", "edgewise", "serve", str(model), "--port", "0", *extra]
     for name, path in adapters.items():
         cmd += ["--adapter", f"{name}={path}"]
     log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)  # a file, not a pipe nobody drains
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
     proc.log = Path(log.name)
-    url = f"http://127.0.0.1:{port}"
+    url = announced_url(proc, proc.log)
     wait_until_healthy(proc, f"{url}/health", proc.log)
     return proc, url
+
+
+def announced_url(proc: subprocess.Popen, log: Path, limit: float = 600) -> str:
+    """The address `edgewise serve` announces on stderr once it has bound its socket (`serving M on URL/v1`)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if found := re.search(r" on (http://\S+):(\d+)/v1 ", log.read_text()):
+            return f"{found[1]}:{found[2]}"
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"the server announced no address in {limit:.0f} s")
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 chat and text completions (plain and streamed), stop sequences, errors with the right status, an API key, a bounded
 load test with mixed adapters, and a clean exit on SIGTERM."""
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -124,6 +125,19 @@ def test_server_limits_are_checked_before_loading(model_dir):
                           capture_output=True, text=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and "cannot allocate the KV cache" in last and "lower --max_batch" in last, last
+
+
+def test_a_port_in_use_is_one_clear_line_before_the_model_loads(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "edgewise", "serve", str(model_dir[0]), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"edgewise: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "serving" not in done.stderr
 
 
 def test_api_key_is_required_when_set(model_dir):

@@ -4,6 +4,7 @@ batching: up to --max_batch requests share each forward pass, --max_queue more w
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
 from edgewise.core.errors import EdgewiseError
@@ -13,7 +14,7 @@ from edgewise.core.log import log
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback unless you say otherwise)"})
-    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    port: int = field(default=8000, metadata={"help": "port to listen on (0: a free one, announced on stderr)"})
     api_key: str | None = field(default=None, metadata={
         "help": "require 'Authorization: Bearer KEY' (default: $EDGEWISE_API_KEY, else none)"})
     max_batch: int = field(default=16, metadata={
@@ -52,15 +53,29 @@ def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig
     from edgewise.runtime.openai_api import Server, create_app
 
     config.check()
+    sock = listen(config.host, config.port)  # before the model loads: a port in use fails at once
+    port = sock.getsockname()[1]
     server = Server(model_dir, adapters, config.max_batch, config.max_queue, config.timeout, config.max_context,
                     config.prompt_cache * 2**20)
     log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json, metrics: /metrics); %d slots of %d tokens, "
-             "cache %.2f GiB", model_dir, config.host, config.port, server.batcher.decoder.slots, server.context_length,
+             "cache %.2f GiB", model_dir, config.host, port, server.batcher.decoder.slots, server.context_length,
              server.batcher.decoder.cache_bytes / 2**30)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
     signal.signal(signal.SIGTERM, lambda *_: log.info("stopped (SIGTERM)"))
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=10)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)).run(sockets=[sock])
     finally:
         server.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound; one clear line if the address is taken or not this machine's."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise EdgewiseError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
