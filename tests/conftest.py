@@ -94,6 +94,15 @@ def tiny_model(kind: str, folder: Path) -> Path:
 FAMILIES = ["llama", "phi3", "mistral", "qwen2", "qwen3", "gemma"]
 
 
+LONGEST_FIRST = ("test_e2e.py", "test_families.py")  # measured (BENCHMARKS.md, the suite's durations)
+
+
+def pytest_collection_modifyitems(items):
+    """The longest files first: `make test` runs files on one worker per core, and a long file that starts last
+    keeps one core busy alone at the end."""
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)
+
+
 def counting(engine):
     """The engine, with the number of pieces its decoder computed (not copied from the cache) in engine.computed."""
     prefill, engine.computed = engine.decoder.prefill, 0
