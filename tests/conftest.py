@@ -68,7 +68,7 @@ TINY = {
 }
 
 
-def tiny_model(kind: str, folder: Path) -> Path:
+def tiny_model(kind: str, folder: Path, **overrides) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -78,7 +78,7 @@ def tiny_model(kind: str, folder: Path) -> Path:
                   num_attention_heads=4, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     name, extra = TINY[kind]
-    config = getattr(transformers, name)(**common, **extra)
+    config = getattr(transformers, name)(**common, **{**extra, **overrides})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # larger weights than the init's 0.02 so that logits are not near-ties

@@ -8,13 +8,14 @@ Tolerance: max |logit difference| <= 8% of the CPU logits' max |value| (measured
 whose weights are drawn 7x larger than an init's so that logits are not near-ties), and the greedy token agrees
 wherever the CPU model's top two logits are further apart than that."""
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import onnx
 import pytest
-from conftest import FAMILIES, tiny_model
+from conftest import TINY, tiny_model
 from helpers import assert_user_error, edgewise, reg
 
 from edgewise import engine
@@ -211,9 +212,17 @@ def test_the_prompt_must_fit_the_compiled_context(chain):
         list(rt.stream(list(range(3, 60)), None, Sampling(max_new_tokens=4)))
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])
+# HTP's attention has no sliding window: a window as wide as the context changes nothing and is dropped
+WIDE_WINDOW = {"gemma2": dict(sliding_window=64), "gemma3_text": dict(sliding_window=64)}
+NPU_REFUSED = {"ernie4_5": "this model rotates interleaved pairs of channels (rotary_interleaved)",
+               "hunyuan_v1_dense": "this model applies its rotary embedding outside the attention",
+               "gemma2": "this model soft-caps its attention scores (attn_logit_softcapping)",
+               **dict.fromkeys(("phi", "phi4mini", "nemotron"), "this model rotates only part of each head")}
+
+
+@pytest.mark.parametrize("family", [f for f in TINY if f != "llama" and f not in NPU_REFUSED])
 def test_every_family_runs_on_the_npu(family, tmp_path):
-    folder = tiny_model(family, tmp_path / family)
+    folder = tiny_model(family, tmp_path / family, **WIDE_WINDOW.get(family, {}))
     art = engine.folder_artifact(folder)
     model = engine.run_pass("export", art, ExportConfig(**NPU), tmp_path / "cache").path / "model"
     cpu_model = engine.run_pass("export", art, ExportConfig(), tmp_path / "cache").path / "model"
@@ -221,6 +230,15 @@ def test_every_family_runs_on_the_npu(family, tmp_path):
     ids = list(rt_cpu.tokenizer.encode(PROMPT))
     npu_logits, tokens = greedy_logits(rt_npu, ids)
     assert_close(forced_logits(rt_cpu, ids, tokens), npu_logits)
+
+
+@pytest.mark.parametrize("family", ["ernie4_5", "hunyuan_v1_dense", "gemma2", "phi4mini", "gemma3_text"])
+def test_what_htp_attention_cannot_express_is_refused_in_one_line(family, tmp_path):
+    message = NPU_REFUSED.get(family, "this model's sliding-window layers attend to the last 16 tokens, which HTP's "
+                                      "attention cannot express: use --context_length 16 or less")
+    with pytest.raises(EdgewiseError, match=re.escape(message)):
+        engine.run_pass("export", engine.folder_artifact(tiny_model(family, tmp_path / family)),
+                        ExportConfig(**NPU), tmp_path / "cache")
 
 
 def test_npu_options_are_checked_before_any_work(tmp_path):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from conftest import TINY, tiny_model
 from helpers import assert_user_error, edgewise
 
 from edgewise import engine
@@ -24,9 +25,18 @@ def finetuned(tiny, tiny_data, tmp_path_factory):
     return engine.run_pass("finetune", engine.folder_artifact(tiny), config, cache), cache
 
 
+@pytest.fixture(scope="module", params=list(TINY))
+def every_family(request, tiny_data, tmp_path_factory):
+    cache = tmp_path_factory.mktemp(f"gpu-{request.param}")
+    folder = tiny_model(request.param, cache / "model")
+    config = FinetuneConfig(data_files=str(tiny_data), max_steps=2, lora_r=2, learning_rate=1e-2)
+    return engine.run_pass("finetune", engine.folder_artifact(folder), config, cache), cache
+
+
 @pytest.mark.parametrize("device", ["cuda", "dml", "webgpu"])
-def test_gpu_exports_with_an_adapter_pass_the_structural_checks(finetuned, device):
-    art, cache = finetuned
+def test_gpu_exports_with_an_adapter_pass_the_structural_checks(every_family, device):
+    """Every family, built for every GPU target (the builder's fp16 graphs), with its adapter."""
+    art, cache = every_family
     out = engine.run_pass("export", art, ExportConfig(device=device), cache)
     model = out.path / "model"
     graph = onnx.load(model / "model.onnx", load_external_data=False).graph

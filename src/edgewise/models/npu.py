@@ -43,19 +43,80 @@ def _slice(graph, outputs: list[str], stops: set[str]) -> list:
     return [node for node in graph.node if id(node) in keep]
 
 
-def _for_htp(nodes: list) -> list:
-    """Operators HTP lacks, decomposed: SkipSimplifiedLayerNormalization -> Add (its residual output) + norm."""
+def _for_htp(nodes: list, constants: dict) -> list:
+    """Operators HTP lacks, decomposed: Skip(Simplified)LayerNormalization -> Add (its residual output, its bias) +
+    the norm; Pow(x, 2) (squared ReLU, an int32 exponent) -> Mul(x, x)."""
     out = []
     for node in nodes:
-        if node.op_type != "SkipSimplifiedLayerNormalization":
+        if node.op_type == "Pow" and np.array_equal(constants.get(node.input[1], ()), [2]):
+            out.append(helper.make_node("Mul", [node.input[0]] * 2, list(node.output), name=node.name))
+        elif node.op_type in ("SkipSimplifiedLayerNormalization", "SkipLayerNormalization"):
+            out.extend(_skip_norm(node))
+        else:
             out.append(node)
-            continue
-        total = node.output[3] if len(node.output) > 3 and node.output[3] else f"{node.name}/residual"
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-6)
-        out.append(helper.make_node("Add", list(node.input[:2]), [total], name=f"{node.name}/Add"))
-        out.append(helper.make_node("SimplifiedLayerNormalization", [total, node.input[2]], [node.output[0]],
-                                    name=f"{node.name}/Norm", axis=-1, epsilon=eps, stash_type=1))
     return out
+
+
+def _skip_norm(node) -> list:
+    total = node.output[3] if len(node.output) > 3 and node.output[3] else f"{node.name}/residual"
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-6)
+    inputs = list(node.input) + [""] * (5 - len(node.input))  # input, skip, gamma, beta, bias
+    nodes = [helper.make_node("Add", inputs[:2], [total if not inputs[4] else f"{node.name}/sum"],
+                              name=f"{node.name}/Add")]
+    if inputs[4]:
+        nodes.append(helper.make_node("Add", [f"{node.name}/sum", inputs[4]], [total], name=f"{node.name}/AddBias"))
+    if node.op_type == "SkipSimplifiedLayerNormalization":
+        norm = helper.make_node("SimplifiedLayerNormalization", [total, inputs[2]], [node.output[0]],
+                                name=f"{node.name}/Norm", axis=-1, epsilon=eps, stash_type=1)
+    else:
+        norm = helper.make_node("LayerNormalization", [total, inputs[2]] + ([inputs[3]] if inputs[3] else []),
+                                [node.output[0]], name=f"{node.name}/Norm", axis=-1, epsilon=eps)
+    return [*nodes, norm]
+
+
+def _constants(graph) -> dict:
+    """Small constant tensors by name (initializers held in the file and Constant nodes)."""
+    found = {i.name: numpy_helper.to_array(i) for i in graph.initializer
+             if i.data_location != TensorProto.EXTERNAL and len(i.dims) <= 1}
+    found.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return found
+
+
+def full_attention_within(graph) -> int | None:
+    """The narrowest sliding window of the graph's attention (None: every layer attends to the whole context)."""
+    windows = [a.i for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute
+               if a.name == "local_window_size" and a.i >= 0]
+    return min(windows) if windows else None
+
+
+def _check_attention(graph, context: int, head_size: int) -> None:
+    """What HTP's attention cannot express, refused in one line; sliding windows that cover the whole context
+    dropped (they change nothing there)."""
+    attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    attributes = {(a.name, a.i if a.type == onnx.AttributeProto.INT else a.f) for n in attention for a in n.attribute}
+    if ("rotary_interleaved", 1) in attributes:
+        raise EdgewiseError("this model rotates interleaved pairs of channels (rotary_interleaved), which HTP's "
+                            "attention lacks: the NPU target does not take it yet")
+    if any(name == "softcap" and value for name, value in attributes):
+        raise EdgewiseError("this model soft-caps its attention scores (attn_logit_softcapping), which HTP's "
+                            "attention lacks: the NPU target does not take it yet")
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    if any(len(n.input) > 7 and shapes.get(n.input[7], [0, head_size // 2])[-1] * 2 < head_size for n in attention):
+        raise EdgewiseError("this model rotates only part of each head (partial rotary), which HTP's attention "
+                            "does not compute as the CPU model does (measured: the logits differ): the NPU target "
+                            "does not take it yet")
+    if any(n.op_type == "RotaryEmbedding" for n in graph.node):
+        raise EdgewiseError("this model applies its rotary embedding outside the attention (norms after RoPE), "
+                            "which the NPU pipeline does not feed yet: the NPU target does not take it yet")
+    window = full_attention_within(graph)
+    if window is not None and context > window:
+        raise EdgewiseError(f"this model's sliding-window layers attend to the last {window} tokens, which HTP's "
+                            f"attention cannot express: use --context_length {window} or less")
+    for node in attention:
+        for attr in node.attribute:
+            if attr.name == "local_window_size":
+                attr.i = -1
 
 
 def _model(source, nodes, inputs, outputs, name: str, initializers=()) -> onnx.ModelProto:
@@ -76,13 +137,13 @@ class Layout:
 
     def __init__(self, model: onnx.ModelProto, decoder: dict):
         graph = model.graph
-        heads = [n for n in graph.node if n.name.startswith("/lm_head/")]
+        heads = [n for n in graph.node if n.name.startswith("/lm_head/") and n.op_type in ("MatMul", "MatMulNBits")]
         attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
         first_norm = [n for n in graph.node if n.name.startswith("/model/layers.0/input_layernorm/")]
         if len(heads) != 1 or not attention or not first_norm:
             raise EdgewiseError("the NPU pipeline needs the builder's decoder graph (one lm_head, GroupQueryAttention"
                                 " layers); this export has another layout")
-        self.head = heads[0]
+        self.logits = "logits"  # after the head's bias, scaling or soft-capping, if any
         self.embeds, self.hidden = first_norm[0].input[0], heads[0].input[0]
         self.lengths = set(attention[0].input[5:7])
         layers = decoder["num_hidden_layers"]
@@ -102,13 +163,15 @@ def _lora_shape(value, rank: int) -> list[int]:
 def split(model: onnx.ModelProto, decoder: dict, vocab: int, window: int, context: int, rank: int) -> dict:
     """The four pipeline graphs (embeddings, context, iterator, lm_head) from the builder's CPU model (with edgewise's LoRA inputs, if any)."""
     require_short_rope(model.graph, context)
+    _check_attention(model.graph, context, decoder["head_size"])
     cut = Layout(model, decoder)
+    constants = _constants(model.graph)
     graph = model.graph
     parts = {"embeddings": _embeddings(model, cut, vocab), "lm_head": _head(model, cut, vocab)}
     body = _slice(graph, [cut.hidden, *cut.present], {cut.embeds, *cut.lengths, *cut.past})
     lora = {value.name: _lora_shape(value, rank) for value in cut.lora}
     for name, length in (("context", window), ("iterator", 1)):
-        nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in _for_htp(body)]
+        nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in _for_htp(body, constants)]
         for node in nodes:
             if node.op_type == "GroupQueryAttention":
                 node.input[5], node.input[6] = PAST, TOTAL  # seqlens_k and total length, as the runtime feeds them
@@ -145,7 +208,7 @@ def _half(model: onnx.ModelProto) -> onnx.ModelProto:
 def _head(model, cut: Layout, vocab: int) -> onnx.ModelProto:
     """fp16 hidden states -> logits: the head stays in the CPU model's type."""
     nodes = [onnx.NodeProto.FromString(n.SerializeToString())
-             for n in _slice(model.graph, [cut.head.output[0]], {cut.hidden})]
+             for n in _slice(model.graph, [cut.logits], {cut.hidden})]
     for node in nodes:
         node.input[:] = [f"{cut.hidden}/float" if name == cut.hidden else name for name in node.input]
     cast = helper.make_node("Cast", [cut.hidden], [f"{cut.hidden}/float"], name="/npu/hidden_to_float", to=cut.elem)

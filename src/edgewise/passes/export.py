@@ -238,7 +238,8 @@ def export_npu(model, built: Path, model_dir: Path, config: ExportConfig, rank: 
     from edgewise.runtime import qnn
 
     cpu_config = json.loads((built / "genai_config.json").read_text())
-    context = config.context_length or min(int(cpu_config["model"]["context_length"]), 2048)
+    window = npu.full_attention_within(model.graph)  # HTP has no sliding windows: by default, stay within them
+    context = config.context_length or min(int(cpu_config["model"]["context_length"]), 2048, window or 2048)
     check_npu_shapes(context, config.prompt_window, config.lora_rank)
     parts = npu.split(model, cpu_config["model"]["decoder"], int(cpu_config["model"]["vocab_size"]),
                       config.prompt_window, context, rank)
