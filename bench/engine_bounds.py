@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgewise.runtime.decoder import SlotDecoder
+from edgewise.serve.decoder import SlotDecoder
 
 HIDDEN, VOCAB, QKV, RANK = 576, 49152, 960, 32
 

@@ -93,7 +93,7 @@ def switching_tokens(runtime, ids) -> list[list[int]]:
 
 
 def engine_speed(decoder, adapter, ids, rows: int = 1):
-    """The serving engine (runtime/decoder.py, CUDA graphs): TTFT of one prompt and decode tok/s over `rows` slots,
+    """The serving engine (serve/decoder.py, CUDA graphs): TTFT of one prompt and decode tok/s over `rows` slots,
     every other slot on the adapter when rows > 1 (aggregate tokens per second)."""
     import time
     from types import SimpleNamespace
@@ -147,7 +147,7 @@ def measure(work: Path, rounds: int) -> None:
               flush=True)
         cases += [("edgewise --context_length 4096, genai CUDA graph, adapter off", bounded, None),
                   ("edgewise --context_length 4096, genai CUDA graph, adapter on", bounded, "tuned")]
-    from edgewise.runtime.decoder import SlotDecoder
+    from edgewise.serve.decoder import SlotDecoder
 
     served = SlotDecoder(models["lora"], adapter, slots=16, context=PROMPT + GEN + 8)
     print(f"serving engine: CUDA graphs {'on' if served.graphs else 'off'}", flush=True)

@@ -11,10 +11,10 @@ from conftest import RECORDS, counting
 
 from edgewise.core.errors import EdgewiseError
 from edgewise.models.onnx_lora import LAYOUT, write_adapter
-from edgewise.runtime.batching import Batcher, Job, QueueFull
-from edgewise.runtime.decoder import SlotDecoder
-from edgewise.runtime.kv_copies import KVCopies
-from edgewise.runtime.prompt_cache import PromptCache, piece_keys, pieces
+from edgewise.serve.batching import Batcher, Decoder, Finished, Job, QueueFull
+from edgewise.serve.decoder import SlotDecoder
+from edgewise.serve.kv_copies import KVCopies
+from edgewise.serve.prompt_cache import PromptCache, piece_keys, pieces
 from edgewise.runtime.genai import Runtime
 from edgewise.runtime.sampling import Sampler, Sampling
 
@@ -54,6 +54,17 @@ def _greedy_alone(decoder, ids, adapter):
         out.append(int(decoder.decode(np.array([out[-1]]), np.array([length]))[0].argmax()))
         length += 1
     return out
+
+
+def test_both_decoders_are_what_the_batcher_drives(served):
+    from edgewise.serve.one_slot import OneSlot
+
+    for decoder in (SlotDecoder(*served, slots=2, context=64), OneSlot(*served, 64)):
+        assert isinstance(decoder, Decoder)
+        assert set(decoder.adapters) == set(served[1]) and decoder.context == 64
+        decoder.assign(0, "one")
+        first = decoder.prefill(0, [3, 4, 5])
+        assert decoder.decode(np.array([int(first.argmax())]), np.array([3])).shape == (1, first.shape[-1])
 
 
 def test_rows_with_different_adapters_decode_as_if_alone(served, runtime):
@@ -99,6 +110,21 @@ def _engine(served, slots=2, max_queue=8, context=128, cache_bytes=256 * 2**20, 
     if ort_copies:
         decoder._copies = KVCopies(decoder.kv, "CPUExecutionProvider")
     return Batcher(decoder, eos=set(), max_queue=max_queue, cache_bytes=cache_bytes)
+
+
+class Ends:
+    """A job's output that also notes, in `ended`, when the job finished: the engine thread's own order."""
+
+    def __init__(self, name: str, ended: list):
+        self.items, self.name, self.ended = queue.SimpleQueue(), name, ended
+
+    def put(self, item):
+        if isinstance(item, Finished):
+            self.ended.append(self.name)
+        self.items.put(item)
+
+    def get(self):
+        return self.items.get()
 
 
 class Gate:
@@ -273,15 +299,16 @@ def test_a_prompt_prefilled_over_several_turns_is_not_disturbed_by_the_rows_deco
     prompts = _prompts(runtime)
 
     alone = _answers(_engine(served, cache_bytes=0, chunk=4), [(prompts[2], "one")], [0])[0]
-    busy = _engine(served, cache_bytes=0, chunk=4)
+    busy, ended = _engine(served, cache_bytes=0, chunk=4), []
     try:
         with busy.cond:  # all three queued before the engine admits any: the overlap is the engine's own order
             x = busy.submit(Job(prompts[0], None, Sampling(max_new_tokens=1)))  # slot 0, done at its prompt's end
-            a = busy.submit(Job(prompts[1], "wide", Sampling(max_new_tokens=60)))  # slot 1, decoding throughout
-            b = busy.submit(Job(prompts[2], "one", Sampling(max_new_tokens=N)))  # waits, then takes slot 0
+            a = busy.submit(Job(prompts[1], "wide", Sampling(max_new_tokens=60), out=Ends("a", ended)))  # slot 1
+            b = busy.submit(Job(prompts[2], "one", Sampling(max_new_tokens=N), out=Ends("b", ended)))  # then slot 0
         list(x.results())
         assert list(b.results()) == alone
-        assert a.end is None  # B's prompt and answer ran while A was decoding
+        list(a.results())
+        assert ended == ["b", "a"]  # B's prompt and answer ran while A was decoding, in the engine's own order
     finally:
         busy.close()
 

@@ -101,7 +101,7 @@ def test_the_serving_engine_on_cuda_replays_graphs_per_batch_and_follows_each_ro
 
     from edgewise.models import onnx_lora
     from edgewise.passes.export import ExportConfig
-    from edgewise.runtime.decoder import SlotDecoder
+    from edgewise.serve.decoder import SlotDecoder
     from edgewise.runtime.genai import Runtime, RuntimeMissing
     from edgewise.runtime.sampling import Sampling
 
@@ -154,8 +154,8 @@ def test_the_prompt_cache_on_cuda_stays_on_the_device_and_changes_no_answer(tiny
 
     from edgewise.models import onnx_lora
     from edgewise.passes.export import ExportConfig
-    from edgewise.runtime.batching import Batcher, Job
-    from edgewise.runtime.decoder import SlotDecoder
+    from edgewise.serve.batching import Batcher, Job
+    from edgewise.serve.decoder import SlotDecoder
     from edgewise.runtime.sampling import Sampling
 
     ft = engine.run_pass("finetune", engine.folder_artifact(tiny_llama), FinetuneConfig(

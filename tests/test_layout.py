@@ -5,8 +5,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgewise"
 # lowest first: a stage may import the stages before it
-LAYERS = ["core", "models", "sources", "compute", "quant", "runtime", "registry", "passes", "evaluators", "engine",
-          "cli"]
+LAYERS = ["core", "models", "sources", "compute", "quant", "runtime", "serve", "registry", "passes", "evaluators",
+          "engine", "cli"]
 
 
 def imports() -> dict[str, set[str]]:

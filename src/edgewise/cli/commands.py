@@ -160,8 +160,8 @@ def benchmark(args) -> int:
 
 
 def serve(args) -> int:
-    from edgewise.runtime.serve import ServeConfig
-    from edgewise.runtime.serve import serve as run_server
+    from edgewise.serve.server import ServeConfig
+    from edgewise.serve.server import serve as run_server
 
     run_server(args.model, named_adapters(args.adapter), cfg.from_args(args, ServeConfig))
     return 0

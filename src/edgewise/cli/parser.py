@@ -147,7 +147,7 @@ def _chain_command(p, config_cls) -> None:
 def _runtime_commands(command) -> None:
     from edgewise.runtime.benchmark import BenchmarkConfig
     from edgewise.runtime.sampling import Sampling
-    from edgewise.runtime.serve import ServeConfig
+    from edgewise.serve.server import ServeConfig
 
     p = command("convert-adapters", "turn PEFT adapters of the same base into .onnx_adapter files for a model")
     p.add_argument("--model", required=True, help="the exported model folder (OUT/model)")

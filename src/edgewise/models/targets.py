@@ -22,21 +22,30 @@ class Target:
     # its runtime takes zero-size tensors (the rank-0 LoRA defaults): WebGPU cannot bind them (measured, Dawn on
     # Vulkan); DirectML is given the same one-column defaults unverified
     empty_tensors: bool = True
-    slot_engine: bool = False  # `serve` batches it in runtime/decoder.py (else one request at a time through genai)
+    slot_engine: bool = False  # `serve` batches it in serve/decoder.py (else one request at a time through genai)
+    fuse_gate_up: bool = False  # the export fuses a separate gate and up projection (measured faster on the CPU)
+    cuda_graphs: bool = False  # a bounded-context export and the serve engine capture and replay CUDA graphs
+    pipeline: bool = False  # built from the CPU model and cut into a decoder pipeline (models/npu.py)
+
+    @property
+    def builder_device(self) -> str:
+        """The model builder's -e value."""
+        return self.builder or self.device
 
 
 TARGETS = {t.device: t for t in (
     Target("cpu", "CPUExecutionProvider", ("int4", "int8", "fp16", "fp32"), "onnxruntime-genai", None,
-           slot_engine=True),
+           slot_engine=True, fuse_gate_up=True),
     Target("cuda", "CUDAExecutionProvider", ("int4", "int8", "fp16", "bf16", "fp32"),
-           "onnxruntime-genai-cuda (with onnxruntime-gpu)", "cuda", slot_engine=True),
+           "onnxruntime-genai-cuda (with onnxruntime-gpu)", "cuda", slot_engine=True, cuda_graphs=True),
     Target("dml", "DmlExecutionProvider", ("int4", "fp16"), "onnxruntime-genai-directml (Windows)", "dml",
            empty_tensors=False),
     Target("webgpu", "WebGpuExecutionProvider", ("int4", "fp16", "fp32"),
            "onnxruntime-genai with onnxruntime-webgpu (Vulkan on Linux, D3D12 on Windows, Metal on macOS)", "webgpu",
            empty_tensors=False),
     Target("npu", "QNNExecutionProvider", ("int4", "fp32"),
-           "onnxruntime-genai with onnxruntime-qnn (Snapdragon HTP; its HTP simulator on x86 Linux)", "QNN", "cpu"),
+           "onnxruntime-genai with onnxruntime-qnn (Snapdragon HTP; its HTP simulator on x86 Linux)", "QNN", "cpu",
+           pipeline=True),
 )}
 DEVICES = (*TARGETS, "gpu")  # gpu: the CUDA target
 PROVIDERS = {t.provider: t for t in TARGETS.values()}

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from edgewise.core.artifact import MODEL, Artifact, model_and_adapter
@@ -16,7 +17,15 @@ from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import link_tree
 from edgewise.core.log import log
 from edgewise.models.archs import repair_config, unpacked
-from edgewise.models.targets import DEVICES, PRECISIONS, PRECISIONS_BY_TARGET, PROVIDERS, check_precision, target_for
+from edgewise.models.targets import (
+    DEVICES,
+    PRECISIONS,
+    PRECISIONS_BY_TARGET,
+    PROVIDERS,
+    Target,
+    check_precision,
+    target_for,
+)
 from edgewise.passes import register
 
 
@@ -43,11 +52,15 @@ class ExportConfig:
     soc_model: int = field(default=60, metadata={"help": "npu: QNN soc_model of the chip (60: Snapdragon X Elite)"})
     htp_arch: int = field(default=73, metadata={"help": "npu: Hexagon architecture of the chip (73: v73)"})
 
+    @cached_property
+    def target(self) -> Target:
+        """The target --provider or --device names, resolved once."""
+        return target_for(self.device, self.provider)
+
     def check(self) -> None:
-        """Before any work: the precision is one the target is built for; the NPU's shapes fit together."""
-        target = target_for(self.device, self.provider)
-        check_precision(target, self.precision)
-        if target.device == "npu":
+        """Before any work: the precision is one the target is built for; a pipeline's shapes fit together."""
+        check_precision(self.target, self.precision)
+        if self.target.pipeline:
             check_npu_shapes(self.context_length, self.prompt_window, self.lora_rank)
 
 
@@ -56,11 +69,6 @@ def check_npu_shapes(context: int, window: int, rank: int) -> None:
         raise EdgewiseError("--prompt_window must be at least 2, --context_length and --lora_rank at least 0")
     if context and context < 2 * window:
         raise EdgewiseError(f"--context_length {context} must be at least twice --prompt_window ({window})")
-
-
-def execution_provider(config: ExportConfig) -> str:
-    target = target_for(config.device, config.provider)
-    return target.builder or target.device
 
 
 def export_inputs(folder: Path, config: ExportConfig) -> tuple[Path, Path | None]:
@@ -118,10 +126,10 @@ def run_builder(src: Path, out: Path, config: ExportConfig, work: Path) -> None:
     if config.precision == "int4" and config.lm_head_bits == 8:
         extra.append("matmul_mixed_precision=last_matmul:int8")
     cmd = [sys.executable, "-m", "edgewise.models.builder_fixes", "-i", str(src), "-o", str(out),
-           "-p", config.precision, "-e", execution_provider(config), "-c", str(work / "builder_cache"),
+           "-p", config.precision, "-e", config.target.builder_device, "-c", str(work / "builder_cache"),
            "--extra_options", *extra]
     log_path = work / "builder.log"
-    log.info("building the ONNX model (%s, %s); log: %s", config.precision, execution_provider(config), log_path)
+    log.info("building the ONNX model (%s, %s); log: %s", config.precision, config.target.builder_device, log_path)
     with open(log_path, "w") as handle:
         done = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
     if done.returncode != 0:
@@ -171,14 +179,14 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     hf_config = read_config(base)
     targets = lora_target_set(adapter, config)
     model_dir = out / MODEL
-    target = target_for(config.device, config.provider)
-    npu = target.device == "npu"
+    target = config.target
+    npu = target.pipeline
     built = work / "cpu-model" if npu else model_dir  # the NPU pipeline is cut from the CPU model
     run_builder(builder_input(base, config.precision, work), built, config, work)
     set_threads(built, config.threads)
     model = onnx.load(built / "model.onnx")
     repair_shared_head(model)
-    if target.device == "cpu":  # measured on the CPU (BENCHMARKS.md); other targets keep the builder's graph
+    if target.fuse_gate_up:  # measured on the CPU (BENCHMARKS.md); other targets keep the builder's graph
         fusion.fuse_gate_up(model)
     layout = onnx_lora.add_lora_inputs(model, targets, hf_config, 0 if target.empty_tensors else 1) if targets else {}
     metrics = {"lora_targets": sorted(targets)}
@@ -213,8 +221,8 @@ def bound_context(model, model_dir: Path, context: int, target) -> None:
     context = min(context, int(cfg["model"]["context_length"]))
     cfg["model"]["context_length"] = cfg["search"]["max_length"] = context
     for entry in cfg["model"]["decoder"].get("session_options", {}).get("provider_options", []):
-        if target.device == "cuda" and "cuda" in entry:
-            entry["cuda"]["enable_cuda_graph"] = "1"
+        if target.cuda_graphs and target.genai_key in entry:
+            entry[target.genai_key]["enable_cuda_graph"] = "1"
     path.write_text(json.dumps(cfg, indent=4))
 
 
@@ -273,7 +281,7 @@ def validate(model_dir: Path, config: ExportConfig) -> None:
     for line in check_export(model_dir):
         log.info("check %s", line)
     adapter = model_dir / onnx_lora.ADAPTER_FILE
-    target = target_for(config.device, config.provider)
+    target = config.target
     try:
         runtime = Runtime(model_dir, {"check": adapter} if adapter.is_file() else None)
         ids = runtime.prompt_ids([{"role": "user", "content": "Hi"}])

@@ -1,5 +1,5 @@
 """`edgewise serve`: an OpenAI-compatible HTTP server over one exported model and its adapters (uvicorn running
-runtime/openai_api.py, imported when the server starts so that the command line stays light), with continuous
+serve/openai_api.py, imported when the server starts so that the command line stays light), with continuous
 batching: up to --max_batch requests share each forward pass, --max_queue more wait, the rest get 429."""
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ class ServeConfig:
 
     prompt_cache: int = field(default=256, metadata={
         "help": "MiB of prompt KV cache kept for reuse: a prompt that begins like an earlier one (a conversation's "
-                "history, a shared system prompt) copies those pieces instead of computing them (in device memory for a "
-                "CUDA model); 0 turns it off"})
+                "history, a shared system prompt) copies those pieces instead of computing them (in device memory "
+                "for a CUDA model); 0 turns it off"})
 
     def check(self) -> None:
         for name in ("max_batch", "max_queue", "timeout", "max_context"):
@@ -50,16 +50,19 @@ def serve(model_dir, adapters: dict[str, str], config: ServeConfig = ServeConfig
     if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without --api_key (or $EDGEWISE_API_KEY): anyone who can reach this address "
                     "can use the model", config.host)
-    from edgewise.runtime.openai_api import Server, create_app
+    from edgewise.serve.engine import open_engine
+    from edgewise.serve.openai_api import Server, create_app
 
     config.check()
     sock = listen(config.host, config.port)  # before the model loads: a port in use fails at once
     port = sock.getsockname()[1]
-    server = Server(model_dir, adapters, config.max_batch, config.max_queue, config.timeout, config.max_context,
-                    config.prompt_cache * 2**20)
-    log.info("serving %s on http://%s:%d/v1 (OpenAPI: /openapi.json, metrics: /metrics); %d slots of %d tokens, "
-             "cache %.2f GiB", model_dir, config.host, port, server.batcher.decoder.slots, server.context_length,
-             server.batcher.decoder.cache_bytes / 2**30)
+    engine = open_engine(model_dir, adapters, config.max_batch, config.max_queue, config.max_context,
+                         config.prompt_cache * 2**20)
+    server = Server(engine, config.timeout)
+    decoder = engine.batcher.decoder
+    log.info("serving %s on http://%s:%d/v1 (chat page: /, OpenAPI: /openapi.json, metrics: /metrics); %d slots of "
+             "%d tokens, cache %.2f GiB", model_dir, config.host, port, decoder.slots, engine.context_length,
+             decoder.cache_bytes / 2**30)
     app = create_app(server, api_key)
     # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM that lands here: a clean exit
     signal.signal(signal.SIGTERM, lambda *_: log.info("stopped (SIGTERM)"))

@@ -1,4 +1,4 @@
-"""The serving engine's decoder interface over one onnxruntime-genai generator, for models the slot decoder cannot
+"""The serving engine's `Decoder` (batching.py) over one onnxruntime-genai generator, for models the slot decoder cannot
 run: an NPU decoder pipeline (its graphs are compiled for batch 1, its cache lives inside the runtime), and DirectML
 and WebGPU models (the slot decoder binds its cache on the CPU or CUDA only). Requests take
 turns in its one slot; sampling stays the engine's (each step's chosen token is handed to the generator as the only
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgewise.core.errors import EdgewiseError
 from edgewise.runtime.genai import Runtime
 
 
@@ -46,3 +47,9 @@ class OneSlot:
         return np.array(self.generator.get_logits(), np.float32).reshape(1, -1)
 
     can_save = False  # the generator's cache is onnxruntime-genai's: no prompt cache
+
+    def save(self, slot: int, start: int, end: int) -> list:
+        raise EdgewiseError("the one-slot decoder's cache lives inside onnxruntime-genai: it cannot be copied")
+
+    def load(self, slot: int, start: int, saved: list) -> None:
+        raise EdgewiseError("the one-slot decoder's cache lives inside onnxruntime-genai: it cannot be copied")

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP API over one exported model and its adapters (FastAPI; `serve.py` runs it).
+"""The OpenAI-compatible HTTP API over one serving engine (engine.py) and the chat page (FastAPI; server.py runs it).
 
 `model` in a request picks the adapter ("base" or an adapter's name). Requests go to one continuous-batching engine
 (batching.py): those in flight share each forward pass, every row with its own adapter. Errors are OpenAI-style JSON
@@ -11,7 +11,6 @@ import json
 import secrets
 import time
 import uuid
-from pathlib import Path
 from typing import AsyncIterator, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -20,13 +19,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from edgewise.models.targets import target_of
-from edgewise.runtime.batching import Batcher, Finished, Job, QueueFull
-from edgewise.runtime.decoder import SlotDecoder
-from edgewise.runtime.genai import chat_prompt_ids
-from edgewise.runtime.metrics import Metrics
-from edgewise.runtime.one_slot import OneSlot
 from edgewise.runtime.sampling import Sampling
+from edgewise.serve.batching import Finished, Job, QueueFull
+from edgewise.serve.engine import Engine
 
 BASE = "base"
 
@@ -73,46 +68,21 @@ class CompletionRequest(_Options):
 
 
 class Server:
-    """The engine over the loaded model, the served names, and the limits every request is checked against."""
+    """The HTTP side of one engine (engine.py): the served names, the limits every request is checked against, and
+    the engine's refusals as OpenAI errors."""
 
-    def __init__(self, model_dir: str | Path, adapters: dict[str, str], max_batch: int = 16, max_queue: int = 64,
-                 timeout: float | None = None, max_context: int | None = None, prompt_cache: int = 256 * 2**20):
-        import onnxruntime_genai as og
-
-        if not target_of(json.loads((Path(model_dir) / "genai_config.json").read_text())).slot_engine:
-            # NPU pipelines (compiled for batch 1), DirectML and WebGPU: one request at a time through genai
-            decoder, prefix = OneSlot(model_dir, adapters, max_context), []
-            self.tokenizer = decoder.runtime.tokenizer
-        else:
-            decoder = SlotDecoder(model_dir, adapters, max_batch, max_context)
-            self.tokenizer = og.Tokenizer(og.Config(str(model_dir)))
-            prefix = self.template_prefix()
-        self.names, self.context_length, self.timeout = list(adapters), decoder.context, timeout
-        self.metrics = Metrics()
-        self.batcher = Batcher(decoder, decoder.eos, max_queue, self.metrics, prefix=prefix, cache_bytes=prompt_cache)
-        self.metrics.watch(self.batcher)
+    def __init__(self, engine: Engine, timeout: float | None = None):
+        self.engine, self.timeout = engine, timeout
+        self.tokenizer, self.metrics, self.context_length = engine.tokenizer, engine.metrics, engine.context_length
 
     def models(self) -> list[str]:
-        return [BASE, *self.names]
+        return [BASE, *self.engine.adapters]
 
     def adapter(self, model: str) -> str | None:
         if model not in self.models():
             raise APIError(404, f"The model '{model}' does not exist (served: {', '.join(self.models())})",
                            "model_not_found", "model")
         return None if model == BASE else model
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return chat_prompt_ids(self.tokenizer, messages)
-
-    def template_prefix(self) -> list[int]:
-        """The tokens every chat prompt starts with: the template's head (its default system turn, the user turn's
-        opening), found as what two different one-message chats share."""
-        try:
-            one, two = (self.prompt_ids([{"role": "user", "content": text}]) for text in ("a", "b"))
-        except Exception:  # noqa: BLE001 - a model without a chat template: no shared prefix
-            return []
-        n = next((i for i, (x, y) in enumerate(zip(one, two)) if x != y), min(len(one), len(two)))
-        return one[:n]
 
     def sampling(self, body: _Options, prompt_len: int) -> Sampling:
         context = self.context_length
@@ -127,14 +97,14 @@ class Server:
         loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(ids, adapter, sampling, self.timeout, out=_LoopBridge(loop, tokens))
         try:
-            return self.batcher.submit(job)
+            return self.engine.batcher.submit(job)
         except QueueFull as exc:
             self.metrics.rejected(adapter or BASE, "rejected")
             raise APIError(429, f"the server is busy: {exc}; retry shortly", "rate_limit_exceeded",
                            headers={"Retry-After": "1"}) from exc
 
     def close(self) -> None:
-        self.batcher.close()
+        self.engine.close()
 
 
 class _LoopBridge:
@@ -188,7 +158,7 @@ def _prepare(server: Server, body: _Options):
     adapter = server.adapter(body.model)
     stops = body.stops()
     if isinstance(body, ChatRequest):
-        ids = server.prompt_ids([m.model_dump() for m in body.messages])
+        ids = server.engine.prompt_ids([m.model_dump() for m in body.messages])
     else:
         ids = list(server.tokenizer.encode(body.prompt))
     if not ids:

@@ -1,9 +1,9 @@
 """Continuous batching: requests in flight share the decoder's forward passes.
 
-One engine thread owns the SlotDecoder. Each turn it admits waiting requests into free slots (prefilling each prompt
-into its slot, which yields its first token), then runs one decode step for every running request at once, each row
-with its own adapter, position and sampler, and hands each request its next token. A request leaves the batch when
-it meets an end-of-sequence token, its token budget, its deadline or a cancellation (a client that went away), and
+One engine thread owns the decoder (a `Decoder`: the slot decoder or the one-slot decoder). Each turn it admits
+waiting requests into free slots (prefilling each prompt into its slot, which yields its first token), then runs
+one decode step for every running request at once, each row with its own adapter, position and sampler, and hands
+each request its next token. A request leaves the batch when it meets an end-of-sequence token, its token budget, its deadline or a cancellation (a client that went away), and
 its slot is free for the next turn. A request's tokens depend only on its own prompt, adapter and seed.
 
 A prompt is prefilled one piece a turn, always in the same pieces (the chat template's head, then blocks of the
@@ -16,15 +16,48 @@ import collections
 import queue
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
-from edgewise.runtime.decoder import SlotDecoder
-from edgewise.runtime.prompt_cache import PromptCache, piece_keys, pieces
 from edgewise.runtime.sampling import Sampler, Sampling
+from edgewise.serve.prompt_cache import PromptCache, piece_keys, pieces
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """What the batcher drives: `slots` sequences, each with its own adapter and its own position. The slot decoder
+    (decoder.py: CPU and CUDA models, many slots) and the one-slot decoder (one_slot.py: pipelines, DirectML, WebGPU
+    through genai) implement it."""
+
+    slots: int
+    context: int  # tokens a slot holds, prompt and answer
+    prefill_chunk: int  # a prompt is prefilled in pieces of at most this many tokens
+    adapters: Collection[str]
+    eos: set[int]
+    can_save: bool  # save() and load() copy a slot's cache (the prompt cache needs them)
+
+    @property
+    def cache_bytes(self) -> int: ...
+
+    def assign(self, slot: int, adapter: str | None) -> None:
+        """The slot's next request starts, with this adapter (None: the base)."""
+
+    def prefill(self, slot: int, ids: list[int], start: int = 0) -> np.ndarray:
+        """The slot's prompt tokens at positions start.. into its cache; the logits after the last one."""
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One step for slots 0..len(tokens)-1: token r goes in at position lengths[r]; logits [rows, vocab]."""
+
+    def save(self, slot: int, start: int, end: int) -> list:
+        """A copy of the slot's cache for its tokens start..end-1."""
+
+    def load(self, slot: int, start: int, saved: list) -> None:
+        """A saved copy written into the slot's cache from position start."""
 
 
 
@@ -81,7 +114,7 @@ class Job:
 class Batcher:
     """The engine thread and its queue; `submit` is called from any thread."""
 
-    def __init__(self, decoder: SlotDecoder, eos: set[int], max_queue: int = 64, metrics=None,
+    def __init__(self, decoder: Decoder, eos: set[int], max_queue: int = 64, metrics=None,
                  prefix: list[int] | None = None, cache_bytes: int = 256 * 2**20):
         self.decoder, self.eos, self.max_queue, self.metrics = decoder, eos, max_queue, metrics
         self.prefix = list(prefix or [])  # the chat template's head: a prompt's first piece where it starts so

@@ -21,7 +21,7 @@ from edgewise.models.checks import check_adapter, lora_inputs
 from edgewise.models.rope import short_rope_only
 from edgewise.models.targets import target_of
 from edgewise.runtime.genai import adapter_arrays, eos_ids
-from edgewise.runtime.kv_copies import KVCopies
+from edgewise.serve.kv_copies import KVCopies
 
 _EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 _NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -68,7 +68,7 @@ class _Uploads:
     """One slot's rows of many device buffers written from their host copies in one onnxruntime run (an Identity
     per buffer whose output is bound at the row's address): an adapter change uploads that slot, not every slot."""
 
-    def __init__(self, buffers: list[_Rows]):
+    def __init__(self, buffers: list[_Rows], provider: str):
         import onnxruntime as ort
         from onnx import helper
 
@@ -79,7 +79,7 @@ class _Uploads:
             [helper.make_tensor_value_info(f"x{i}", t, None) for i, t in enumerate(types)],
             [helper.make_tensor_value_info(f"y{i}", t, None) for i, t in enumerate(types)])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"])
+        self.session = ort.InferenceSession(model.SerializeToString(), providers=[provider])
 
     def row(self, slot: int) -> None:
         io = self.session.io_binding()
@@ -141,7 +141,10 @@ class SlotDecoder:
             "num_hidden_layers", "num_key_value_heads", "head_size"))
         self.context = min(context or config["model"]["context_length"], config["model"]["context_length"])
         self.slots = slots
-        self.device = "cuda" if target_of(config).device == "cuda" else "cpu"
+        self.target = target_of(config)
+        if not self.target.slot_engine:
+            raise EdgewiseError(f"the slot decoder runs CPU and CUDA models, not {self.target.provider}'s")
+        self.device = self.target.device  # where the cache and the bound inputs live: "cpu" or "cuda"
         self.names = decoder["inputs"] | decoder["outputs"]
         graph_model = onnx.load(model_dir / decoder["filename"], load_external_data=False)
         self.types = _types(graph_model.graph)
@@ -150,7 +153,7 @@ class SlotDecoder:
         _batch_major(graph_model.graph)
         _last_position_only(graph_model.graph, self.names["logits"])
         # CUDA graphs: each decode batch size is captured once and replayed, every input at a fixed address
-        self.graphs = self.device == "cuda" and graphs and short_rope_only(graph_model.graph, self.context)
+        self.graphs = self.target.cuda_graphs and graphs and short_rope_only(graph_model.graph, self.context)
         self.session = self._session(graph_model, decoder.get("session_options", {}))
         kv_shape = (slots, self.kv_heads, self.context, self.head_size)
         kv_type = self.types[self.names["past_key_names"] % 0]
@@ -165,12 +168,13 @@ class SlotDecoder:
         self._copies, self.can_save = None, True  # save() and load(): numpy copies on the CPU
         if self.device != "cpu":
             try:
-                self._copies = KVCopies(self.kv, "CUDAExecutionProvider")
+                self._copies = KVCopies(self.kv, self.target.provider)
                 self._copies.check()
             except Exception as exc:  # noqa: BLE001 - serving goes on, every prompt computed
                 log.warning("no prompt cache on %s: %s", self.device, str(exc).splitlines()[0])
                 self.can_save = False
-        self._uploads = _Uploads(list(self.lora_rows.values())) if self.lora_rows and self.device != "cpu" else None
+        self._uploads = (_Uploads(list(self.lora_rows.values()), self.target.provider)
+                         if self.lora_rows and self.device != "cpu" else None)
         self.slot_adapter: list[str | None] = [None] * slots
         self.vocab = int(config["model"]["vocab_size"])
         self.eos = eos_ids(config)
@@ -202,21 +206,22 @@ class SlotDecoder:
         if options.get("intra_op_num_threads"):
             so.intra_op_num_threads = int(options["intra_op_num_threads"])
         so.add_session_config_entry(_EXTERNAL_FOLDER, str(self.model_dir))
-        if self.device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise EdgewiseError(f"{self.model_dir} is built for CUDAExecutionProvider, which this machine's "
-                                    "onnxruntime cannot run; it runs with onnxruntime-gpu")
-            cuda = next((e["cuda"] for e in options.get("provider_options", []) if "cuda" in e), {})
+        provider, key = self.target.provider, self.target.genai_key
+        if key is None:
+            providers = [provider]
+        else:
+            if provider not in ort.get_available_providers():
+                raise EdgewiseError(f"{self.model_dir} is built for {provider}, which this machine's onnxruntime "
+                                    f"cannot run; it runs with {self.target.runtime}")
+            own = next((e[key] for e in options.get("provider_options", []) if key in e), {})
             if self.graphs:
                 try:
                     return ort.InferenceSession(graph_model.SerializeToString(), so, providers=[
-                        ("CUDAExecutionProvider", {**cuda, "enable_cuda_graph": "1"}), "CPUExecutionProvider"])
+                        (provider, {**own, "enable_cuda_graph": "1"}), "CPUExecutionProvider"])
                 except Exception as exc:  # noqa: BLE001 - onnxruntime refuses graphs for some graphs: run without
                     log.warning("CUDA graphs are off for %s: %s", self.model_dir, str(exc).splitlines()[0])
                     self.graphs = False
-            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
+            providers = [(provider, own), "CPUExecutionProvider"]
         try:
             return ort.InferenceSession(graph_model.SerializeToString(), so, providers=providers)
         except Exception as exc:  # onnxruntime's text names the damaged file or node
@@ -316,7 +321,8 @@ class SlotDecoder:
         self._bind_state(io, 0, rows, with_lora)
         for key, buffer in self.step_inputs.items():
             buffer.bind_input(io, self.names[key], 0, rows)
-        logits = ort.OrtValue.ortvalue_from_shape_and_type([rows, 1, self.vocab], self.logits.dtype.type, "cuda", 0)
+        logits = ort.OrtValue.ortvalue_from_shape_and_type([rows, 1, self.vocab], self.logits.dtype.type, self.device,
+                                                           0)
         io.bind_ortvalue_output(self.names["logits"], logits)
         options = ort.RunOptions()
         # one graph per batch size, with and without LoRA work; 0 is onnxruntime's own
