@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv browser demo test test-fast bench clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The chat page's browser tests (tests/test_chat_page.py) drive Debian's Chromium through Playwright; where it cannot
+# be installed (no apt, not root) they are skipped with that reason.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -q >/dev/null && \
+	  apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; } || \
+	  echo "no Chromium here: the chat page's browser tests will be skipped"
+
 demo: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
 
@@ -31,10 +39,10 @@ demo: venv
 # tests stay in one worker to share its fixtures.
 PYTEST := $(PY) -m pytest -q -x -n auto --maxprocesses 4 --dist loadfile
 
-test: venv
+test: venv browser
 	$(PYTEST) tests
 
-test-fast: venv
+test-fast: venv browser
 	$(PYTEST) -m "not e2e" tests
 
 # The CPU figures of BENCHMARKS.md that need nothing beyond the venv; every other script in bench/ says in its

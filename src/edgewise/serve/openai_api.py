@@ -11,11 +11,13 @@ import json
 import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import AsyncIterator, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
@@ -24,6 +26,10 @@ from edgewise.serve.batching import Finished, Job, QueueFull
 from edgewise.serve.engine import Engine
 
 BASE = "base"
+STATIC = Path(__file__).parent / "static"
+# the page loads nothing from elsewhere and runs no inline script
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; style-src 'self'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff"}
 
 
 class APIError(Exception):
@@ -263,6 +269,13 @@ def create_app(server: Server, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
         return await _respond(server, body, "text", request)
+
+    @app.get("/", include_in_schema=False)
+    async def chat_page():
+        """The chat page (static/): no key needed to load it; it asks for one when the API does."""
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health")
     async def health():
