@@ -138,6 +138,39 @@ def generate(args) -> int:
     return 0
 
 
+def embed(args) -> int:
+    """One vector per text, in order: JSON on stdout ({"model", "dimension", "data": [{"index", "embedding"}]}, like
+    OpenAI's embeddings) or an [n, dimension] float32 .npy file."""
+    import numpy as np
+
+    from edgewise.runtime.embed import Embedder
+
+    texts = list(args.text)
+    if args.file:
+        source = sys.stdin if args.file == "-" else _open_text(args.file)
+        texts += [line.rstrip("\n") for line in source if line.strip()]
+    if not texts:
+        raise EdgewiseError("nothing to embed: give --text (repeatable) or --file")
+    if args.batch_size < 1:
+        raise EdgewiseError("--batch_size must be positive")
+    if args.output and not args.output.endswith(".npy"):
+        raise EdgewiseError(f"--output {args.output}: the vectors are written as a .npy file")
+    vectors = Embedder(args.model).embed(texts, args.batch_size)
+    if args.output:
+        np.save(args.output, vectors)
+        log.info("%d vectors of %d dimensions -> %s", *vectors.shape, args.output)
+        return 0
+    print(json.dumps({"model": str(args.model), "dimension": int(vectors.shape[1]),
+                      "data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]}))
+    return 0
+
+
+def _open_text(path: str):
+    if not Path(path).is_file():
+        raise EdgewiseError(f"file not found: {path}")
+    return open(path, encoding="utf-8")
+
+
 def benchmark(args) -> int:
     from edgewise.runtime.benchmark import BenchmarkConfig, measure
     from edgewise.runtime.genai import Runtime

@@ -34,6 +34,9 @@ EXAMPLES = {
   edgewise generate --model models/onnx/model --prompt "What's a must-see in Paris?"
   edgewise generate --model models/onnx/model \\
       --adapter travel=models/onnx/model/adapter_weights.onnx_adapter --prompt "What's a must-see in Paris?\"""",
+    "embed": """examples:
+  edgewise embed models/minilm/model --text "Where should I go in May?" --text "Lisbon in spring"
+  edgewise embed models/minilm/model --file questions.txt --output questions.npy""",
     "benchmark": """examples:
   edgewise benchmark models/onnx/model                           # the base model
   edgewise benchmark models/onnx/model --adapter travel=models/onnx/model/adapter_weights.onnx_adapter \
@@ -159,6 +162,12 @@ def _runtime_commands(command) -> None:
     _adapter_flag(p, "load an .onnx_adapter under NAME and use it (repeatable; the last one is active)")
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     add_flags(p, Sampling, title="sampling")
+    p = command("embed", "sentence embeddings from an exported encoder: texts in, vectors out (JSON or .npy)")
+    p.add_argument("model", help="the exported encoder folder (OUT/model)")
+    p.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    p.add_argument("--file", help="texts to embed, one per line (- for stdin)")
+    p.add_argument("--output", help="write the vectors to this .npy file instead of JSON on stdout")
+    p.add_argument("--batch_size", type=int, default=32, help="texts per run of the model")
     p = command("benchmark", "time to first token, decode tok/s and peak memory, without and with each adapter")
     p.add_argument("model", help="the exported model folder (OUT/model)")
     _adapter_flag(p, "also measure with this .onnx_adapter active (repeatable)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgewise.core.errors import EdgewiseError
+from edgewise.models.encoders import is_encoder
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,9 @@ def arch_for(config) -> Arch:
     """The table entry for a transformers config, or one clear error naming what is supported."""
     model_type = getattr(config, "model_type", None)
     refuse_known(model_type)
+    if is_encoder(model_type):
+        raise EdgewiseError(f"'{model_type}' is an encoder: quantize and finetune take decoders so far; auto-opt "
+                            "exports it (int8 or fp32 for the CPU)")
     if model_type not in ARCHS:
         supported = ", ".join(sorted(ARCHS))
         raise EdgewiseError(f"unsupported architecture '{model_type}': edgewise supports {supported}")

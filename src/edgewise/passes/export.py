@@ -17,6 +17,8 @@ from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import link_tree
 from edgewise.core.log import log
 from edgewise.models.archs import repair_config, unpacked
+from edgewise.models.encoders import is_encoder
+from edgewise.models.hf_config import model_type
 from edgewise.models.targets import (
     DEVICES,
     PRECISIONS,
@@ -176,6 +178,8 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     from edgewise.models.checkpoint import read_config
 
     base, adapter = export_inputs(artifact.path, config)
+    if is_encoder(model_type(base)):
+        return export_encoder_model(base, adapter, config, out / MODEL, work)
     hf_config = read_config(base)
     targets = lora_target_set(adapter, config)
     model_dir = out / MODEL
@@ -207,6 +211,22 @@ def run(artifact: Artifact, config: ExportConfig, out, work) -> dict:
     (model_dir / "config.json").write_text(json.dumps(hf_config.to_dict(), indent=2))
     validate(model_dir, config)
     return metrics
+
+
+def export_encoder_model(base: Path, adapter: Path | None, config: ExportConfig, model_dir: Path, work: Path) -> dict:
+    """A sentence-embedding model: one graph from ids and mask to the embedding, fp32 or int8 for the CPU."""
+    from edgewise.models.encoder_export import export_encoder
+
+    if adapter:
+        raise EdgewiseError("LoRA adapters for encoders are not exported yet: export the encoder without an adapter")
+    if config.target.device != "cpu":
+        raise EdgewiseError(f"encoders are exported for the CPU so far (fp32, int8), not for {config.target.provider}")
+    precision = "int8" if config.precision == "int4" else config.precision
+    if precision not in ("int8", "fp32"):
+        raise EdgewiseError(f"an encoder exports as int8 or fp32 for the CPU, not {config.precision}")
+    if config.precision == "int4":
+        log.info("int4 is for decoders' weights: this encoder is exported as int8 (dynamic, per channel)")
+    return export_encoder(base, model_dir, precision, work)
 
 
 def bound_context(model, model_dir: Path, context: int, target) -> None:

@@ -12,6 +12,7 @@ from edgewise.core.errors import EdgewiseError
 from edgewise.core.fsutil import atomic_dir, file_sha256
 from edgewise.core.log import log
 from edgewise.models.archs import ARCHS, refuse_known
+from edgewise.models.encoders import is_encoder
 from edgewise.models.hf_config import model_type
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct (embedded)"
@@ -31,7 +32,7 @@ def open_source(model: InputModel, cache_root: Path) -> Artifact:
     folder = resolve(model.model_name_or_path, cache_root, model.trust_remote_code)
     kind = model_type(folder)
     refuse_known(kind)
-    if kind not in ARCHS:  # transformers (slow to import) says what is wrong with the config
+    if kind not in ARCHS and not is_encoder(kind):  # transformers (slow to import) says what is wrong with the config
         from edgewise.models.checkpoint import read_config
 
         read_config(folder, model.trust_remote_code)
