@@ -15,6 +15,7 @@ def test_output_path_holding_other_files_is_refused(tiny_llama, tmp_path, monkey
 
 
 def test_help_has_examples():
-    for command in ("quantize", "finetune", "auto-opt", "convert-adapters", "generate", "benchmark", "serve", "chat"):
+    for command in ("quantize", "finetune", "auto-opt", "convert-adapters", "generate", "embed", "benchmark", "serve",
+                    "chat"):
         done = edgewise(command, "--help")
         assert done.returncode == 0 and "examples:" in done.stdout
