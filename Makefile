@@ -36,8 +36,8 @@ demo: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
 
 # One worker per core (at most 4): the tests wait for events, never for time, so they pass side by side; a file's
-# tests stay in one worker to share its fixtures.
-PYTEST := $(PY) -m pytest -q -x -n auto --maxprocesses 4 --dist loadfile
+# tests stay in one worker to share its fixtures, and files start in the order conftest.py gives (the longest first).
+PYTEST := $(PY) -m pytest -q -x -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: venv browser
 	$(PYTEST) tests
