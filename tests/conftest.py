@@ -8,9 +8,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Workers share the cores: each one's torch (and the commands it starts) computes on its share of them instead of
+    # spinning as many threads as the machine has cores beside the other workers'.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ[
+        "PYTEST_XDIST_WORKER_COUNT"]))))
+import torch  # noqa: E402  (after the thread count)
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 RECORDS = [{"prompt": f"Where should I go in city {i}?", "response": f"Visit the old market and the river {i}!"}
