@@ -5,6 +5,7 @@ writes it), the baseline is the builder with edgewise's fixes and its own defaul
 Prints a Markdown table. Usage: python bench/decode.py [--model PATH] [--prompt_tokens 128] [--gen_tokens 128] [--runs 5]"""
 import argparse
 import gc
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def builder_default(hf_folder: Path, out: Path) -> tuple[Path, str]:
     it fails, the same through edgewise's builder fixes); the folder and how it was built."""
     for module, label in (("onnxruntime_genai.models.builder", "plain builder int4 (its defaults)"),
                           ("edgewise.models.builder_fixes", "builder + edgewise's fixes, int4 (its defaults)")):
+        shutil.rmtree(out, ignore_errors=True)  # what a failed first try left
         cmd = [sys.executable, "-m", module, "-i", str(hf_folder), "-o", str(out), "-p", "int4", "-e", "cpu",
                "-c", str(out.parent / "builder_cache")]
         if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:

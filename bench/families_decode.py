@@ -19,19 +19,20 @@ import gc
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from conftest import TINY  # noqa: E402  (the families' tiny configs: their extras are reused here)
+from decode import builder_default  # noqa: E402  (the plain builder's int4 export, as bench/decode.py runs it)
 
 from edgewise import engine  # noqa: E402
 from edgewise.models.onnx_lora import ADAPTER_FILE  # noqa: E402
-from edgewise.passes.export import ExportConfig, set_threads  # noqa: E402
+from edgewise.passes.export import ExportConfig  # noqa: E402
 from edgewise.passes.finetune import FinetuneConfig  # noqa: E402
 from edgewise.passes.quantize import QuantizeConfig  # noqa: E402
 from edgewise.runtime.benchmark import one_run, synthetic_prompt  # noqa: E402
@@ -69,19 +70,6 @@ def random_model(kind: str, folder: Path, tokenizer_from: Path) -> Path:
         if file.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
             shutil.copy2(file, folder / file.name)
     return folder
-
-
-def builder_int4(hf_folder: Path, out: Path) -> tuple[Path, str]:
-    """The builder's own int4 CPU export with its defaults (as a user runs it), or through edgewise's fixes."""
-    for module, label in (("onnxruntime_genai.models.builder", "plain builder"),
-                          ("edgewise.models.builder_fixes", "builder + edgewise's fixes")):
-        shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", module, "-i", str(hf_folder), "-o", str(out), "-p", "int4", "-e", "cpu",
-               "-c", str(out.parent / "builder_cache")]
-        if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
-            set_threads(out, 0)  # same threads as edgewise's export (this machine's cores)
-            return out, label
-    raise SystemExit(f"the builder cannot export {hf_folder}")
 
 
 def chain(folder: Path, cache: Path) -> dict[int, Path]:
@@ -127,7 +115,7 @@ def main() -> None:
             tmp = Path(tmp)
             folder = random_model(kind, tmp / "hf", tokenizer_from)
             ours = chain(folder, tmp / "cache")
-            theirs, label = builder_int4(folder, tmp / "builder")
+            theirs, label = builder_default(folder, tmp / "builder")
             # the builder's windowed caches need prompt + answer to reach the window: every model gets that length
             prompt = max(args.prompt_tokens, WINDOW - args.gen_tokens) if "sliding_window" in TINY[kind][1] else \
                 args.prompt_tokens

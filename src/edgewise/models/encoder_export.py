@@ -16,11 +16,11 @@ import numpy as np
 
 from edgewise.core.errors import EdgewiseError
 from edgewise.core.log import log
-from edgewise.models.encoders import Head, read_head
+from edgewise.models.encoders import SETTINGS_FILE, Head, read_head
 
 CHECK_TEXTS = ["Where should I go in Lisbon in May?", "The old market opens at nine.",
                "A short one.", "Trains to Porto leave every hour from Santa Apolónia station, and the ride is scenic."]
-MODEL_FILE, SETTINGS_FILE = "model.onnx", "encoder.json"
+MODEL_FILE = "model.onnx"
 MIN_COSINE = {"fp32": 0.9999, "int8": 0.95}  # below this against PyTorch the export is broken, not just rounded
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgewise.core.errors import EdgewiseError
 
 POOLINGS = ("mean", "cls", "max", "lasttoken")
+SETTINGS_FILE = "encoder.json"  # an exported encoder's head, dimension and length, beside its model.onnx
 
 
 @dataclass(frozen=True)

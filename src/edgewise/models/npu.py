@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgewise.core.errors import EdgewiseError
-from edgewise.models.rope import require_short_rope
+from edgewise.models.rope import require_short_rope, small_constants
 
 ON_HTP = ("context", "iterator")
 IDS, PAST, TOTAL = "input_ids", "past_sequence_length", "total_sequence_length"
@@ -74,15 +74,6 @@ def _skip_norm(node) -> list:
     return [*nodes, norm]
 
 
-def _constants(graph) -> dict:
-    """Small constant tensors by name (initializers held in the file and Constant nodes)."""
-    found = {i.name: numpy_helper.to_array(i) for i in graph.initializer
-             if i.data_location != TensorProto.EXTERNAL and len(i.dims) <= 1}
-    found.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
-    return found
-
-
 def full_attention_within(graph) -> int | None:
     """The narrowest sliding window of the graph's attention (None: every layer attends to the whole context)."""
     windows = [a.i for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute
@@ -90,7 +81,7 @@ def full_attention_within(graph) -> int | None:
     return min(windows) if windows else None
 
 
-def _check_attention(graph, context: int, head_size: int) -> None:
+def _attention_for_htp(graph, context: int, head_size: int) -> None:
     """What HTP's attention cannot express, refused in one line; sliding windows that cover the whole context
     dropped (they change nothing there)."""
     attention = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
@@ -163,9 +154,9 @@ def _lora_shape(value, rank: int) -> list[int]:
 def split(model: onnx.ModelProto, decoder: dict, vocab: int, window: int, context: int, rank: int) -> dict:
     """The four pipeline graphs (embeddings, context, iterator, lm_head) from the builder's CPU model (with edgewise's LoRA inputs, if any)."""
     require_short_rope(model.graph, context)
-    _check_attention(model.graph, context, decoder["head_size"])
+    _attention_for_htp(model.graph, context, decoder["head_size"])
     cut = Layout(model, decoder)
-    constants = _constants(model.graph)
+    constants = small_constants(model.graph)
     graph = model.graph
     parts = {"embeddings": _embeddings(model, cut, vocab), "lm_head": _head(model, cut, vocab)}
     body = _slice(graph, [cut.hidden, *cut.present], {cut.embeds, *cut.lengths, *cut.past})

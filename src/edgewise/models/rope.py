@@ -1,9 +1,21 @@
 """Graph edits of the builder's rotary embeddings that hold for a bounded context."""
 from __future__ import annotations
 
+import math
+
 import onnx
 
 from edgewise.core.errors import EdgewiseError
+
+
+def small_constants(graph, limit: int = 16) -> dict:
+    """Constant tensors of at most `limit` elements by name: Constant nodes and initializers (never the weights,
+    whether their data was loaded into the graph or not)."""
+    found = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer
+             if i.data_location != onnx.TensorProto.EXTERNAL and math.prod(i.dims) <= limit}
+    found.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return found
 
 
 def short_rope_only(graph, context: int) -> bool:
@@ -12,10 +24,7 @@ def short_rope_only(graph, context: int) -> bool:
     once and for all: the If goes (onnxruntime captures no CUDA graph of a model with control flow). False where an
     If stays."""
     producers = {out: node for node in graph.node for out in node.output}
-    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer  # small ones are inline
-                 if i.data_location != onnx.TensorProto.EXTERNAL}
-    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    constants = small_constants(graph)
     for node in [n for n in graph.node if n.op_type == "If"]:
         test = producers.get(node.input[0])
         limit = constants.get(test.input[1]) if test is not None and test.op_type == "Greater" else None

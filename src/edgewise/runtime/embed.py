@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgewise.core.errors import EdgewiseError
-
-SETTINGS_FILE = "encoder.json"
+from edgewise.models.encoders import SETTINGS_FILE
 
 
 class Embedder:

@@ -79,7 +79,6 @@ class Server:
 
     def __init__(self, engine: Engine, timeout: float | None = None):
         self.engine, self.timeout = engine, timeout
-        self.tokenizer, self.metrics, self.context_length = engine.tokenizer, engine.metrics, engine.context_length
 
     def models(self) -> list[str]:
         return [BASE, *self.engine.adapters]
@@ -91,7 +90,7 @@ class Server:
         return None if model == BASE else model
 
     def sampling(self, body: _Options, prompt_len: int) -> Sampling:
-        context = self.context_length
+        context = self.engine.context_length
         room = context - prompt_len
         if room < 1:
             raise APIError(400, f"the prompt has {prompt_len} tokens; this server's context is {context}",
@@ -105,7 +104,7 @@ class Server:
         try:
             return self.engine.batcher.submit(job)
         except QueueFull as exc:
-            self.metrics.rejected(adapter or BASE, "rejected")
+            self.engine.metrics.rejected(adapter or BASE, "rejected")
             raise APIError(429, f"the server is busy: {exc}; retry shortly", "rate_limit_exceeded",
                            headers={"Retry-After": "1"}) from exc
 
@@ -138,7 +137,7 @@ async def generate_text(server: Server, job: Job, stops: list[str]) -> AsyncIter
     boundaries (text that may begin one is held back until it cannot). Leaving early cancels the job: its slot is
     free at the engine's next step."""
     text, sent, count = "", 0, 0
-    stream = server.tokenizer.create_stream()
+    stream = server.engine.tokenizer.create_stream()
     try:
         while not isinstance(token := await job.out.queue.get(), Finished):
             count += 1
@@ -166,7 +165,7 @@ def _prepare(server: Server, body: _Options):
     if isinstance(body, ChatRequest):
         ids = server.engine.prompt_ids([m.model_dump() for m in body.messages])
     else:
-        ids = list(server.tokenizer.encode(body.prompt))
+        ids = list(server.engine.tokenizer.encode(body.prompt))
     if not ids:
         raise APIError(400, "the prompt is empty", "invalid_value", "prompt")
     return ids, adapter, server.sampling(body, len(ids)), stops
@@ -283,7 +282,7 @@ def create_app(server: Server, api_key: str | None = None) -> FastAPI:
 
     @app.get("/metrics", dependencies=[Depends(authorize)])
     async def metrics():
-        return Response(server.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+        return Response(server.engine.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
